@@ -1,0 +1,1 @@
+"""learning_mcp.server"""
