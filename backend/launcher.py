@@ -1,0 +1,162 @@
+"""Running the embedded backend: in the foreground (``learning-mcp backend``) or detached for the MCP server.
+
+The running backend announces itself in ``<data_dir>/backend.json`` (``{url, pid, version, started_at}``,
+written atomically once the socket is bound, removed on a clean shutdown). :func:`ensure_backend` reuses a
+healthy backend found there, and otherwise starts one **detached** (its own session, output to
+``logs/backend.log``), so training jobs outlive the MCP server process that started it. A lock file keeps two
+MCP servers from starting two backends over the same data directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+BACKEND_FILE = "backend.json"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    url: str
+    pid: int | None
+    started: bool  # True when this call started it
+
+
+class BackendStartError(RuntimeError):
+    pass
+
+
+def _is_loopback(host: str) -> bool:
+    return host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def write_backend_file(data_dir: Path, url: str) -> None:
+    info = {"url": url, "pid": os.getpid(), "version": _version(), "started_at": time.time()}
+    tmp = data_dir / f".{BACKEND_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, data_dir / BACKEND_FILE)
+
+
+def remove_backend_file(data_dir: Path) -> None:
+    path = data_dir / BACKEND_FILE
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def read_backend_file(data_dir: Path) -> dict | None:
+    try:
+        return json.loads((data_dir / BACKEND_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _version() -> str:
+    from learning_mcp import __version__
+
+    return __version__
+
+
+def healthy(url: str, timeout: float = 2.0, api_key: str | None = None) -> bool:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/api/health", timeout=timeout, headers=headers)
+        return response.status_code == 200 and response.json().get("status") == "ok"
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike | None = None,
+          api_key: str | None = None, log_level: str = "info") -> int:
+    """Run the backend in the foreground until interrupted."""
+    import uvicorn
+
+    from learning_mcp.backend.app import create_app
+    from learning_mcp.paths import data_dir as resolve_data_dir
+
+    api_key = api_key or os.environ.get("LEARNING_MCP_BACKEND_KEY") or None
+    if not _is_loopback(host) and not api_key:
+        log.error("refusing to listen on %s without an API key: pass --api-key or set LEARNING_MCP_BACKEND_KEY", host)
+        return 2
+    root = resolve_data_dir(data_dir)
+    app = create_app(root, api_key=api_key)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+
+    url_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+    url = f"http://{url_host}:{port}"
+
+    async def _run() -> None:
+        import asyncio
+
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            write_backend_file(root, url)
+            log.info("learning backend listening on %s (data dir %s)", url, root)
+        await task
+
+    import asyncio
+
+    try:
+        asyncio.run(_run())
+    finally:
+        remove_backend_file(root)
+    return 0
+
+
+def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0) -> BackendInfo:
+    """Return a healthy backend for ``data_dir``, starting a detached one if none is running."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    info = read_backend_file(data_dir)
+    if info and healthy(info["url"]):
+        return BackendInfo(info["url"], info.get("pid"), False)
+    lock_path = data_dir / "backend.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = read_backend_file(data_dir)  # another process may have started it while we waited
+        if info and healthy(info["url"]):
+            return BackendInfo(info["url"], info.get("pid"), False)
+        port = free_port()
+        logs = data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_file = open(logs / "backend.log", "ab")
+        cmd = [sys.executable, "-m", "learning_mcp", "backend", "--host", "127.0.0.1", "--port", str(port),
+               "--data-dir", str(data_dir)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+        log_file.close()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + start_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BackendStartError(
+                    f"the embedded backend exited during start-up ({proc.returncode}); see {logs / 'backend.log'}")
+            if healthy(url, timeout=1.0):
+                log.info("started the embedded backend at %s (pid %s)", url, proc.pid)
+                return BackendInfo(url, proc.pid, True)
+            time.sleep(0.2)
+        proc.terminate()
+        raise BackendStartError(f"the embedded backend did not answer within {start_timeout_s:.0f}s; "
+                                f"see {logs / 'backend.log'}")

@@ -1,0 +1,72 @@
+"""The ``learning-mcp`` command.
+
+* ``learning-mcp`` — serve MCP over stdio (what an agent host runs).
+* ``learning-mcp --transport http --port 8000`` — serve MCP over streamable HTTP.
+* ``learning-mcp backend [--host H] [--port P] [--data-dir D]`` — run the embedded learning backend in the foreground.
+* ``learning-mcp tiny-model PATH [--size tiny|small]`` — write a tiny offline model + tokenizer for tests and demos.
+
+Logging goes to stderr, configured before anything heavy is imported: on stdio, stdout belongs to the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="learning-mcp",
+        description="MCP server for fine-tuning models through Synth's learning API (or the embedded backend).",
+    )
+    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                        help="MCP transport (default: stdio)")
+    parser.add_argument("--host", default="127.0.0.1", help="host for --transport http (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port for --transport http (default 8000)")
+    parser.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                        help=".env file with SYNTH_API_KEY etc. (repeatable; later files override earlier ones)")
+    parser.add_argument("--backend-url", default=None,
+                        help="learning API base URL (default: $SYNTH_BACKEND_URL…, else Synth's when SYNTH_API_KEY "
+                             "is set, else the embedded backend)")
+    parser.add_argument("--data-dir", default=None, help="state directory (default: $LEARNING_MCP_DATA_DIR or the "
+                                                         "user data dir)")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command")
+
+    backend = sub.add_parser("backend", help="run the embedded learning backend in the foreground")
+    backend.add_argument("--host", dest="backend_host", default="127.0.0.1")
+    backend.add_argument("--port", dest="backend_port", type=int, default=8765)
+    backend.add_argument("--data-dir", dest="backend_data_dir", default=None)
+    backend.add_argument("--api-key", default=None,
+                         help="require this bearer key (also $LEARNING_MCP_BACKEND_KEY; required off loopback)")
+
+    tiny = sub.add_parser("tiny-model", help="write a tiny offline model + tokenizer (for tests and demos)")
+    tiny.add_argument("path")
+    tiny.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "backend":
+        from learning_mcp.backend.launcher import serve
+
+        return serve(host=args.backend_host, port=args.backend_port,
+                     data_dir=args.backend_data_dir or args.data_dir, api_key=args.api_key)
+    if args.command == "tiny-model":
+        from learning_mcp.backend.tiny import main as tiny_main
+
+        return tiny_main([args.path, "--size", args.size, "--seed", str(args.seed)])
+
+    from learning_mcp.server.app import run_server
+
+    return run_server(transport=args.transport, host=args.host, port=args.port, env_files=args.env_file,
+                      backend_url=args.backend_url, data_dir=args.data_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

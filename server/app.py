@@ -1,0 +1,435 @@
+# The learning-mcp MCP server: agent tools for fine-tuning over Synth's learning API.
+#
+# Shape (after the mcp 2.3 reference servers): a `create_server()` factory with no import-time side effects,
+# shared annotation constants, pydantic result models (outputSchema + structuredContent, with a one-line
+# summary in front of the JSON text), and a `ToolError` for every expected failure, carrying a stable code and
+# what to call next. The tool logic itself lives in `learning_mcp.tools` (one module per concept); this file
+# only registers it.
+#
+# Long work never holds a call open: create_job returns a job_id at once, get_job_status reads it (with an
+# optional bounded wait ≤ 50 s), run_sft_loop returns a loop_id. Cancelling a call cancels only its wait.
+#
+# The learning API: Synth's hosted API when SYNTH_API_KEY (or a backend URL) is configured; otherwise the
+# embedded backend, started detached on first use so jobs outlive this process. torch is never imported here.
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Iterator
+
+import anyio
+from anyio.abc import TaskGroup
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from learning_mcp import __version__
+from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
+                                        JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
+                                        ValidationResult)
+from learning_mcp.tools import jobs as job_ops
+from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of
+from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.settings import Target, load_env, resolve_target
+
+log = logging.getLogger("learning_mcp.server")
+
+READ_ONLY_LOCAL = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+                                  open_world_hint=False)
+READ_ONLY_REMOTE = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+                                   open_world_hint=True)
+UPLOADS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+STARTS_WORK = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                              open_world_hint=True)
+CANCELS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True)
+
+INSTRUCTIONS = """\
+Fine-tune language models with supervised fine-tuning (SFT) and ReST-EM self-training.
+
+Flow: validate_dataset(path) -> upload_file(path) -> create_job(config, training_file_id=...) ->
+poll get_job_status(job_id, since_seq=<next_since_seq>, wait_seconds=30) until terminal -> use
+fine_tuned_model as a model id. create_job can also take dataset=<path> and do the validate+upload itself.
+Self-training: run_sft_loop(...) returns a loop_id; poll get_loop_status(loop_id).
+Handles (job_id, loop_id) live on the learning backend / on disk and survive restarts of this server; never
+re-send create_job or run_sft_loop while the previous one is still running. The config resource
+learning://config/example shows a ready-to-edit SFT TOML.
+"""
+
+
+# --------------------------------------------------------------------------------------------------------
+# server state
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class ServerSettings:
+    backend_url: str | None = None
+    env_files: list[str] = field(default_factory=list)
+    data_dir: str | None = None
+
+
+class AppState:
+    """Per-server state: the resolved target and a lazily created client (the embedded backend is started on
+    first use, not at start-up, so listing tools never spawns anything)."""
+
+    def __init__(self, settings: ServerSettings, tg: TaskGroup):
+        self.settings = settings
+        self.env = load_env(settings.env_files)
+        self.data_dir = resolve_data_dir(settings.data_dir or self.env.get("LEARNING_MCP_DATA_DIR"))
+        self.target: Target | None = resolve_target(backend_url=settings.backend_url, env=self.env)
+        self.tg = tg
+        self._client: LearningClient | None = None
+        self._lock = anyio.Lock()
+        self.loops = None  # set by the loop tools' registration (learning_mcp.server.loops)
+
+    async def client(self) -> LearningClient:
+        async with self._lock:
+            if self._client is None:
+                target = self.target
+                if target is None:
+                    target = await self._start_embedded_backend()
+                    self.target = target
+                self._client = LearningClient(target)
+            return self._client
+
+    async def _start_embedded_backend(self) -> Target:
+        from learning_mcp.backend.launcher import BackendStartError, ensure_backend
+
+        try:
+            info = await anyio.to_thread.run_sync(lambda: ensure_backend(self.data_dir))
+        except BackendStartError as exc:
+            raise ToolFailure("backend_start_failed",
+                              f"could not start the embedded learning backend: {exc}. Install the training extra "
+                              "(pip install 'learning-mcp[train]') or set SYNTH_API_KEY to use Synth.") from None
+        return Target(f"{info.url}/api", "local", self.env.get("LEARNING_MCP_BACKEND_KEY") or None)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+@contextmanager
+def tool_errors(action: str = "the call") -> Iterator[None]:
+    """Turn every expected failure into a ToolError whose text the model can act on."""
+    try:
+        yield
+    except ToolFailure as exc:
+        raise ToolError(str(exc)) from None
+    except LearningAPIError as exc:
+        raise ToolError(str(api_failure(exc, action=action))) from None
+
+
+def result(model: BaseModel, summary: str) -> CallToolResult:
+    """A one-line summary for humans and models, then the structured JSON."""
+    data = model.model_dump(mode="json")
+    return CallToolResult(content=[TextContent(type="text", text=summary),
+                                   TextContent(type="text", text=json.dumps(data, indent=1, default=str))],
+                          structured_content=data)
+
+
+def state_of(ctx: Context) -> AppState:
+    return ctx.request_context.lifespan_context
+
+
+async def _progress(ctx: Context, done: float, total: float | None, message: str) -> None:
+    try:
+        await ctx.report_progress(done, total, message)
+    except Exception:  # progress is advisory: a host without a token or a closed stream must not fail the call
+        log.debug("progress notification dropped", exc_info=True)
+
+
+def status_next_step(status: str, fine_tuned_model: str | None, job_id: str) -> str:
+    if status == "succeeded":
+        return (f"Done. Use fine_tuned_model {fine_tuned_model!r} as a model id (chat with it, evaluate it, or pass "
+                "it as model to run_sft_loop).")
+    if status == "failed":
+        return "The job failed: read error and the last events, fix the config or dataset, then call create_job again."
+    if status == "cancelled":
+        return "The job was cancelled. Call create_job to start a new one."
+    return (f"Still {status}. Call get_job_status(job_id={job_id!r}, since_seq=<next_since_seq>, wait_seconds=30) "
+            "again; do not create another job.")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the server
+# --------------------------------------------------------------------------------------------------------
+def create_server(settings: ServerSettings | None = None) -> MCPServer:
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
+        async with anyio.create_task_group() as tg:
+            state = AppState(settings, tg)
+            try:
+                from learning_mcp.server.loops import attach_loops
+
+                await attach_loops(state)
+            except ImportError:  # loop tools not available in this build
+                pass
+            try:
+                yield state
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await state.aclose()
+
+    server = MCPServer("learning-mcp", title="learning-mcp: fine-tuning tools", version=__version__,
+                       instructions=INSTRUCTIONS, lifespan=lifespan, subscriptions=False)
+
+    # -- validate_dataset ------------------------------------------------------------------------------
+    @server.tool(title="Validate an SFT dataset", annotations=READ_ONLY_LOCAL)
+    def validate_dataset(
+        path: Annotated[str, Field(description="Path to a .jsonl file on this machine (absolute is safest)")],
+        min_messages: Annotated[int, Field(ge=1, le=100, description="minimum messages per record (Synth docs: 2; "
+                                                                     "Synth's CLI: 1)")] = 2,
+        max_errors: Annotated[int, Field(ge=1, le=500, description="errors to list (all are counted)")] = 20,
+        examples: Annotated[int | None, Field(ge=1, description="check only the first N records")] = None,
+    ) -> Annotated[CallToolResult, ValidationResult]:
+        """Check an SFT JSONL file (OpenAI chat `messages[]` format, tools, images) before anything is uploaded.
+
+        Read-only, local, fast (one streaming pass). Each line must be {"messages": [...], "tools"?: [...]} with
+        at least one assistant message. Errors carry a line number and a stable code; Synth's own rules use
+        Synth's messages. An invalid file is a normal result with ok=false, not a tool error.
+        Next: fix the listed lines, or call upload_file(path) / create_job(config, dataset=path) when ok.
+        """
+        with tool_errors("validating the dataset"):
+            report = job_ops.validate_dataset_file(path, min_messages=min_messages, max_errors=max_errors,
+                                                   examples=examples)
+        next_step = (f"Dataset is valid. Call upload_file(path={report.path!r}) or "
+                     f"create_job(config=..., dataset={report.path!r})." if report.ok else
+                     "Fix the listed lines (line numbers are 1-based) and validate again; nothing was uploaded.")
+        model = ValidationResult(ok=report.ok, path=report.path, examples=report.examples,
+                                 errors=[DatasetIssueModel(**e) for e in report.errors], error_total=report.error_total,
+                                 error_counts=report.error_counts, warnings=report.warnings, stats=report.stats,
+                                 next_step=next_step)
+        return result(model, report.summary())
+
+    # -- upload_file -----------------------------------------------------------------------------------
+    @server.tool(title="Upload a dataset", annotations=UPLOADS)
+    async def upload_file(
+        ctx: Context,
+        path: Annotated[str, Field(description="Path to the .jsonl dataset on this machine")],
+        purpose: Annotated[str, Field(description="'fine-tune' (training and validation files alike)")] = "fine-tune",
+        examples: Annotated[int | None, Field(ge=1, description="upload only the first N records")] = None,
+        validate: Annotated[bool, Field(description="validate first and refuse an invalid file")] = True,
+    ) -> Annotated[CallToolResult, UploadResult]:
+        """Stream a dataset file to the learning API and wait (≤ 10 s) until it is ready; returns its file_id.
+
+        Validates first (like validate_dataset) and refuses an invalid file with its errors. Reports byte
+        progress. The same bytes uploaded twice give the same file_id on the embedded backend.
+        Next: create_job(config=..., training_file_id=<file_id>).
+        """
+        with tool_errors("uploading the dataset"):
+            api = await state_of(ctx).client()
+            up = await job_ops.upload_dataset(api, path, purpose=purpose, examples=examples, validate=validate,
+                                              progress=lambda d, t, m: _progress(ctx, d, t, m))
+        model = UploadResult(file_id=up.file_id, filename=up.filename, bytes=up.bytes, sha256=up.sha256,
+                             status=up.status, purpose=up.purpose, examples=up.examples, warnings=up.warnings,
+                             next_step=f"Call create_job(config=<TOML path or text>, training_file_id={up.file_id!r}).")
+        return result(model, f"uploaded {up.filename} ({up.bytes} bytes) as {up.file_id}, status {up.status}")
+
+    # -- create_job ------------------------------------------------------------------------------------
+    @server.tool(title="Create and start a fine-tuning job", annotations=STARTS_WORK)
+    async def create_job(
+        ctx: Context,
+        config: Annotated[str, Field(description="SFT config: a path to a .toml file, or the TOML text itself "
+                                                 "(see resource learning://config/example)")],
+        dataset: Annotated[str | None, Field(description="local JSONL path: validated and uploaded in this call")] = None,
+        training_file_id: Annotated[str | None, Field(description="file_id from upload_file (instead of dataset)")] = None,
+        validation_file_id: Annotated[str | None, Field(description="file_id of a validation set")] = None,
+        model: Annotated[str | None, Field(description="override [job].model (a base model id, local path, or "
+                                                       "ft: id on the embedded backend)")] = None,
+        start: Annotated[bool, Field(description="start the job right after creating it")] = True,
+        dry_run: Annotated[bool, Field(description="validate config and dataset, return the payload, upload and "
+                                                   "create nothing")] = False,
+    ) -> Annotated[CallToolResult, CreateJobResult]:
+        """Build the job payload from an SFT TOML exactly as Synth's CLI does, create the job and start it.
+
+        Creates billable training work on Synth's hosted API (free and local on the embedded backend); not
+        idempotent: call it once per job. Returns at once with a job_id and the exact payload sent; settings
+        Synth's CLI would silently drop are forwarded or listed in warnings. Training continues in the
+        background. Next: poll get_job_status(job_id, wait_seconds=30) until terminal.
+        """
+        with tool_errors("creating the job"):
+            api = await state_of(ctx).client()
+            out = await job_ops.create_job_from_config(
+                api, config, dataset=dataset, training_file_id=training_file_id,
+                validation_file_id=validation_file_id, model=model, start=start, dry_run=dry_run,
+                progress=lambda d, t, m: _progress(ctx, d, t, m))
+        if out.dry_run:
+            next_step = "Dry run only: nothing was uploaded or created. Call create_job again without dry_run."
+            summary = f"dry run: payload for {out.model} built and datasets valid"
+        elif out.started:
+            next_step = f"Poll get_job_status(job_id={out.job_id!r}, wait_seconds=30) until terminal is true."
+            summary = f"created and started job {out.job_id} ({out.model}), status {out.status}"
+        else:
+            next_step = (f"The job exists but did not start ({out.start_error or 'start=False'}); "
+                         f"call get_job_status(job_id={out.job_id!r}) to check it.")
+            summary = f"created job {out.job_id} ({out.model}), not started"
+        model_out = CreateJobResult(job_id=out.job_id, status=out.status, started=out.started,
+                                    start_error=out.start_error, model=out.model,
+                                    training_file_id=out.training_file_id, validation_file_id=out.validation_file_id,
+                                    payload=out.payload, warnings=out.warnings, dropped_keys=out.dropped_keys,
+                                    dry_run=out.dry_run, next_step=next_step)
+        return result(model_out, summary)
+
+    # -- get_job_status --------------------------------------------------------------------------------
+    @server.tool(title="Get a job's status", annotations=READ_ONLY_REMOTE)
+    async def get_job_status(
+        ctx: Context,
+        job_id: Annotated[str, Field(description="job_id returned by create_job")],
+        since_seq: Annotated[int, Field(ge=0, description="only events after this seq (use next_since_seq)")] = 0,
+        wait_seconds: Annotated[float, Field(ge=0, le=50, description="wait up to this long for a change")] = 0,
+    ) -> Annotated[CallToolResult, JobStatusResult]:
+        """Status, progress (step/total/epoch/loss), latest metrics, new events and, when done, fine_tuned_model.
+
+        Read-only. With wait_seconds > 0 it returns as soon as the status changes or new events arrive (at most
+        50 s). terminal=true means the job is finished (succeeded / failed / cancelled); on failure read error
+        and failure_kind. Job ids stay valid for as long as the backend keeps its data.
+        """
+        with tool_errors(f"reading job {job_id}"):
+            api = await state_of(ctx).client()
+            snap = await job_ops.job_status(api, job_id, since_seq=since_seq, wait_seconds=wait_seconds)
+        rec = snap.record
+        status = rec.get("status") or "unknown"
+        ftm = job_ops.fine_tuned_model_of(rec, snap.events)
+        if status == "succeeded" and not ftm:
+            with tool_errors(f"reading job {job_id}"):
+                ftm = job_ops.fine_tuned_model_of(rec, await api.get_events(job_id, since_seq=0, limit=1000))
+        progress = JobProgress(**{k: v for k, v in (snap.progress or {}).items() if k in JobProgress.model_fields}) \
+            if snap.progress else None
+        model = JobStatusResult(
+            job_id=job_id, status=status, terminal=status in TERMINAL_STATUSES, fine_tuned_model=ftm,
+            model=rec.get("model") or rec.get("model_id"), progress=progress, latest_metrics=snap.latest_metrics,
+            events=[JobEvent(**job_ops.compact_event(e)) for e in snap.events], next_since_seq=snap.next_since_seq,
+            more_events=snap.more_events, error=rec.get("error") if status == "failed" or status == "cancelled" else None,
+            failure_kind=job_ops.failure_kind(status, rec.get("error")),
+            next_poll_seconds=job_ops.next_poll_seconds(status), created_at=rec.get("created_at"),
+            finished_at=rec.get("finished_at"), next_step=status_next_step(status, ftm, job_id))
+        bits = [f"job {job_id}: {status}"]
+        if progress and progress.step is not None:
+            bits.append(f"step {progress.step}/{progress.total_steps}" + (f", loss {progress.loss:.4g}"
+                                                                          if progress.loss is not None else ""))
+        if ftm:
+            bits.append(f"fine_tuned_model {ftm}")
+        if status == "failed" and rec.get("error"):
+            bits.append(f"error: {rec['error'].get('message') if isinstance(rec['error'], dict) else rec['error']}")
+        return result(model, "; ".join(bits))
+
+    # -- cancel_job / list_jobs ------------------------------------------------------------------------
+    @server.tool(title="Cancel a job", annotations=CANCELS)
+    async def cancel_job(
+        ctx: Context,
+        job_id: Annotated[str, Field(description="job_id returned by create_job")],
+    ) -> Annotated[CallToolResult, CancelResult]:
+        """Cancel a queued or running job (training stops within seconds). Safe to call twice; a finished job is
+        left as it is. Destructive: the job's training is lost."""
+        with tool_errors(f"cancelling job {job_id}"):
+            api = await state_of(ctx).client()
+            try:
+                record = await api.cancel_job(job_id)
+            except LearningAPIError as exc:
+                if exc.status == 404:
+                    raise ToolFailure("unknown_job", f"Unknown job_id {job_id!r}; call list_jobs to see jobs") from None
+                raise
+            status = record.get("status") or (await api.get_job(job_id)).get("status")
+        message = record.get("message") or f"cancel requested; status {status}"
+        model = CancelResult(job_id=job_id, status=status, terminal=status in TERMINAL_STATUSES, message=message)
+        return result(model, f"job {job_id}: {message}")
+
+    @server.tool(title="List jobs", annotations=READ_ONLY_REMOTE)
+    async def list_jobs(
+        ctx: Context,
+        status: Annotated[str | None, Field(description="queued | running | succeeded | failed | cancelled")] = None,
+        limit: Annotated[int, Field(ge=1, le=200)] = 20,
+    ) -> Annotated[CallToolResult, JobListResult]:
+        """Recent jobs on the learning API, newest first, with their status and fine_tuned_model. Read-only."""
+        with tool_errors("listing jobs"):
+            api = await state_of(ctx).client()
+            jobs = await api.list_jobs(status=status, limit=limit)
+        model = JobListResult(backend=api.target.describe(), jobs=[
+            JobSummary(job_id=job_id_of(j) or "?", status=j.get("status") or "?", model=j.get("model"),
+                       fine_tuned_model=j.get("fine_tuned_model"), created_at=j.get("created_at"),
+                       finished_at=j.get("finished_at")) for j in jobs])
+        return result(model, f"{len(model.jobs)} job(s) on {api.target.describe()}")
+
+    # -- diagnose --------------------------------------------------------------------------------------
+    @server.tool(title="Diagnose the setup", annotations=READ_ONLY_REMOTE)
+    async def diagnose(ctx: Context) -> Annotated[CallToolResult, DiagnoseResult]:
+        """Which learning API this server uses (Synth or the embedded backend), whether a key is set (never the
+        key itself) and whether the API answers. Works even when nothing else does."""
+        state = state_of(ctx)
+        reachable, detail = False, ""
+        try:
+            api = await state.client()
+            health = await api.health()
+            reachable, detail = True, f"health: {health.get('status', 'ok')}"
+        except ToolFailure as exc:
+            detail = exc.message
+        except LearningAPIError as exc:
+            detail = str(api_failure(exc, action="health check"))
+        target = state.target
+        model = DiagnoseResult(backend=target.kind if target else "local", api_base=target.api_base if target else "",
+                               key_set=bool(target and target.api_key), reachable=reachable, detail=detail,
+                               version=__version__, data_dir=str(state.data_dir))
+        return result(model, f"{model.backend} learning API at {model.api_base or '?'}: "
+                             f"{'reachable' if reachable else 'NOT reachable'} ({detail})")
+
+    register_resources(server)
+    try:
+        from learning_mcp.server.loops import register_loop_tools
+
+        register_loop_tools(server)
+    except ImportError:
+        pass
+    return server
+
+
+def register_resources(server: MCPServer) -> None:
+    @server.resource("learning://config/example", name="example-sft-config", mime_type="text/markdown",
+                     description="An SFT TOML config to copy, and the accepted sections and keys")
+    def example_config() -> str:
+        from learning_mcp.tools.sft_config import CONFIG_SCHEMA_DOC, EXAMPLE_TOML
+
+        return f"# Example SFT config\n\n```toml\n{EXAMPLE_TOML}\n```\n\n{CONFIG_SCHEMA_DOC}"
+
+    @server.resource("learning://models/synth", name="synth-models", mime_type="application/json",
+                     description="Base models Synth's hosted API accepts for SFT (the embedded backend accepts any "
+                                 "local path or Hugging Face id it can load)")
+    def synth_models() -> str:
+        from learning_mcp.tools import models_registry as reg
+
+        return json.dumps({"sft_supported": sorted(reg.SFT_SUPPORTED_MODELS),
+                           "experimental": sorted(reg.EXPERIMENTAL_MODELS)}, indent=1)
+
+    @server.resource("learning://jobs/{job_id}", name="job", mime_type="application/json",
+                     description="A job's full record on the learning API")
+    async def job_resource(job_id: str, ctx: Context) -> str:
+        try:
+            api = await state_of(ctx).client()
+            return json.dumps(await api.get_job(job_id), indent=1, default=str)
+        except (ToolFailure, LearningAPIError) as exc:
+            raise ResourceError(f"cannot read job {job_id}: {exc}") from None
+
+
+def run_server(*, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000,
+               env_files: list[str] | None = None, backend_url: str | None = None, data_dir: str | None = None) -> int:
+    """Entry point used by ``learning-mcp``: fail fast on bad configuration, then serve."""
+    import sys
+
+    for path in env_files or []:
+        if not Path(path).is_file():
+            sys.stderr.write(f"Error: --env-file {path} does not exist\n")
+            return 2
+    server = create_server(ServerSettings(backend_url=backend_url, env_files=list(env_files or []),
+                                          data_dir=data_dir))
+    if transport == "http":
+        server.run("streamable-http", host=host, port=port)
+    else:
+        server.run()
+    return 0

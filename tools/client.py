@@ -1,0 +1,365 @@
+"""Async client for Synth's learning API (``learning-api.md`` §2–3), used against Synth and the embedded backend.
+
+Design:
+
+* **One request path** (:meth:`LearningClient._request`): every call goes through it, so auth headers,
+  timeouts, retries and error shaping are the same everywhere.
+* **Retries** with exponential backoff and full jitter on connection errors, 429 (``Retry-After`` honoured)
+  and 5xx — only for calls that are safe to repeat: reads, ``start``/``cancel`` (idempotent by contract),
+  uploads (content-addressed on our backend; a duplicate file elsewhere is harmless) and job creation, which
+  always carries an ``Idempotency-Key`` so a retried create cannot make a second job.
+* **Errors** are :class:`LearningAPIError` carrying the status, method, path and the server's ``detail``
+  (Synth clients read ``detail``, then ``message``, then ``error``). The API key never appears in them.
+* **Uploads stream from disk** (httpx reads the file in chunks), so memory does not grow with file size; the
+  documented path ``/learning/files`` is tried first and ``/files`` on 404/405 (decision §9.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import anyio
+import httpx
+
+from learning_mcp.tools.settings import Target, redact
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+STATUS_ALIASES = {"canceled": "cancelled", "completed": "succeeded", "error": "failed"}
+FILE_READY = frozenset({"ready", "uploaded", "stored", "complete", "processed"})
+FILE_PENDING = frozenset({"processing", "pending", "validating"})
+ProgressCallback = Callable[[int, int], Awaitable[None] | None]
+
+
+def normalize_status(status: str | None) -> str:
+    status = (status or "").lower()
+    return STATUS_ALIASES.get(status, status)
+
+
+def job_id_of(record: dict) -> str | None:
+    return record.get("job_id") or record.get("id")
+
+
+def content_type_for(path: Path) -> str:
+    return {".jsonl": "application/jsonl", ".json": "application/json", ".txt": "text/plain"}.get(
+        path.suffix.lower(), "application/octet-stream")
+
+
+class LearningAPIError(Exception):
+    """An HTTP error (or an unreachable API) with what an agent needs to act on it."""
+
+    def __init__(self, status: int | None, method: str, path: str, detail: str, *, code: str | None = None,
+                 param: str | None = None, retry_after: float | None = None):
+        self.status, self.method, self.path, self.detail = status, method, path, detail
+        self.code = code or ("unreachable" if status is None else f"http_{status}")
+        self.param, self.retry_after = param, retry_after
+        where = f"{method} {path}"
+        super().__init__(f"{where} failed: {detail}" if status is None else f"{where} -> HTTP {status}: {detail}")
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status is None
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    max_retry_after_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after_s)
+        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * (2**attempt)))
+
+
+def _detail_of(response: httpx.Response) -> tuple[str, str | None, str | None]:
+    """(detail, code, param) from an error body, the way Synth clients read it."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return (text[:300] or response.reason_phrase or "no body"), None, None
+    if not isinstance(body, dict):
+        return str(body)[:300], None, None
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    detail = body.get("detail") or body.get("message") or err.get("message") or body.get("error")
+    if isinstance(detail, list):  # FastAPI validation list
+        detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail if isinstance(d, dict))
+    return str(detail)[:1000], err.get("code"), err.get("param")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class _CountingReader:
+    """A file wrapper that reports bytes read (httpx streams multipart bodies by calling ``read``)."""
+
+    def __init__(self, fh, total: int, on_read: Callable[[int], None]):
+        self._fh, self.total, self._on_read, self.done = fh, total, on_read, 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size if size and size > 0 else 1024 * 1024)
+        self.done += len(chunk)
+        self._on_read(self.done)
+        return chunk
+
+    def seek(self, *args):
+        return self._fh.seek(*args)
+
+    def tell(self):
+        return self._fh.tell()
+
+    @property
+    def name(self):
+        return self._fh.name
+
+
+class LearningClient:
+    def __init__(self, target: Target, *, timeout_s: float = 30.0, upload_timeout_s: float = 300.0,
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None):
+        self.target = target
+        self.retry = retry or RetryPolicy()
+        self.upload_timeout_s = upload_timeout_s
+        headers = {"accept": "application/json", "user-agent": "learning-mcp"}
+        if target.api_key:
+            headers["Authorization"] = f"Bearer {target.api_key}"
+        for env_name, header in (("SYNTH_USER_ID", "X-User-ID"), ("SYNTH_ORG_ID", "X-Org-ID")):
+            if os.environ.get(env_name):
+                headers[header] = os.environ[env_name]
+        self._http = httpx.AsyncClient(base_url=target.api_base + "/", headers=headers,
+                                       timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "LearningClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- the one request path --------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, *, retry: bool, json: Any = None, params: dict | None = None,
+                       headers: dict | None = None, build_files: Callable[[], dict] | None = None,
+                       data: dict | None = None, timeout: float | None = None) -> httpx.Response:
+        path = path.lstrip("/")
+        if path.startswith("api/"):  # never /api/api (Synth's AsyncHttpClient._abs)
+            path = path[4:]
+        attempts = self.retry.attempts if retry else 1
+        last_error: LearningAPIError | None = None
+        for attempt in range(attempts):
+            try:
+                kwargs: dict[str, Any] = {"params": params, "headers": headers}
+                if json is not None:
+                    kwargs["json"] = json
+                if build_files is not None:
+                    kwargs["files"] = build_files()
+                    kwargs["data"] = data
+                if timeout is not None:
+                    kwargs["timeout"] = httpx.Timeout(timeout, connect=10.0)
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                reason = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                                [self.target.api_key])
+                last_error = LearningAPIError(None, method, "/" + path,
+                                              f"cannot reach the learning API at {self.target.api_base} ({reason})")
+            else:
+                if response.status_code < 400:
+                    return response
+                detail, code, param = _detail_of(response)
+                last_error = LearningAPIError(response.status_code, method, "/" + path,
+                                              redact(detail, [self.target.api_key]), code=code, param=param,
+                                              retry_after=_retry_after(response))
+                if not (response.status_code == 429 or response.status_code >= 500):
+                    raise last_error
+            if attempt + 1 < attempts:
+                delay = self.retry.delay(attempt, last_error.retry_after)
+                log.info("%s /%s: %s; retrying in %.1fs", method, path, last_error.detail, delay)
+                await anyio.sleep(delay)
+        assert last_error is not None
+        raise last_error
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._request(method, path, **kwargs)
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError:
+            raise LearningAPIError(response.status_code, method, "/" + path.lstrip("/"),
+                                   f"expected JSON, got {response.headers.get('content-type', 'no content type')}")
+
+    # -- files -------------------------------------------------------------------------------------------
+    async def upload_file(self, path: str | os.PathLike[str], *, purpose: str = "fine-tune",
+                          on_progress: ProgressCallback | None = None) -> dict:
+        """Stream ``path`` to the API; returns the file record (``id`` at least)."""
+        path = Path(path)
+        total = path.stat().st_size
+        progress_state = {"last": 0}
+
+        def report(done: int) -> None:
+            progress_state["last"] = done
+
+        def build_files() -> dict:
+            reader = _CountingReader(open(path, "rb"), total, report)
+            return {"file": (path.name, reader, content_type_for(path))}
+
+        async def _post(route: str) -> httpx.Response:
+            if on_progress is None:
+                return await self._request("POST", route, retry=True, build_files=build_files,
+                                           data={"purpose": purpose}, timeout=self.upload_timeout_s)
+            async with anyio.create_task_group() as tg:
+                async def pump() -> None:
+                    sent = -1
+                    while True:
+                        if progress_state["last"] != sent:
+                            sent = progress_state["last"]
+                            result = on_progress(sent, total)
+                            if result is not None:
+                                await result
+                        await anyio.sleep(0.25)
+
+                tg.start_soon(pump)
+                try:
+                    return await self._request("POST", route, retry=True, build_files=build_files,
+                                               data={"purpose": purpose}, timeout=self.upload_timeout_s)
+                finally:
+                    tg.cancel_scope.cancel()
+
+        try:
+            response = await _post("learning/files")
+        except LearningAPIError as exc:
+            if exc.status not in (404, 405):
+                raise
+            response = await _post("files")
+        if on_progress is not None:
+            result = on_progress(total, total)
+            if result is not None:
+                await result
+        try:
+            record = response.json()
+        except ValueError:
+            record = {}
+        if not isinstance(record, dict) or not (record.get("id") or record.get("file_id")):
+            raise LearningAPIError(500, "POST", "/learning/files", "invalid_upload_response: no file id in the reply")
+        record.setdefault("id", record.get("file_id"))
+        return record
+
+    async def get_file(self, file_id: str) -> dict:
+        try:
+            return await self._json("GET", f"learning/files/{file_id}", retry=True)
+        except LearningAPIError as exc:
+            if exc.status not in (404, 405):
+                raise
+            return await self._json("GET", f"files/{file_id}", retry=True)
+
+    async def wait_for_file(self, file_id: str, *, timeout_s: float = 10.0, interval_s: float = 2.0) -> dict:
+        """Poll the file until it is ready (or in error), at most ``timeout_s`` (Synth: 2 s / 10 s)."""
+        deadline = time.monotonic() + timeout_s
+        record: dict = {"id": file_id, "status": "unknown"}
+        while True:
+            try:
+                record = await self.get_file(file_id)
+                status = str(record.get("status") or record.get("state") or record.get("storage_state") or "ready").lower()
+                record["status"] = status
+                if status in FILE_READY or status == "error":
+                    return record
+            except LearningAPIError as exc:
+                if exc.status in (401, 403):
+                    raise
+                if exc.status != 404:
+                    log.info("file %s status check failed: %s", file_id, exc)
+            if time.monotonic() >= deadline:
+                return record
+            await anyio.sleep(min(interval_s, max(0.05, deadline - time.monotonic())))
+
+    async def list_files(self, *, purpose: str | None = None, limit: int = 50) -> list[dict]:
+        params = {"limit": limit, **({"purpose": purpose} if purpose else {})}
+        body = await self._json("GET", "files", retry=True, params=params)
+        return body.get("files") or body.get("data") or body.get("items") or []
+
+    # -- jobs --------------------------------------------------------------------------------------------
+    async def create_job(self, payload: dict, *, idempotency_key: str | None = None) -> dict:
+        key = idempotency_key or f"learning-mcp-{uuid.uuid4().hex}"
+        return await self._json("POST", "learning/jobs", retry=True, json=payload, headers={"Idempotency-Key": key})
+
+    async def start_job(self, job_id: str) -> dict:
+        return await self._json("POST", f"learning/jobs/{job_id}/start", retry=True, json={})
+
+    async def get_job(self, job_id: str) -> dict:
+        record = await self._json("GET", f"learning/jobs/{job_id}", retry=True)
+        record["status"] = normalize_status(record.get("status") or record.get("state"))
+        return record
+
+    async def get_events(self, job_id: str, *, since_seq: int = 0, limit: int = 200) -> list[dict]:
+        body = await self._json("GET", f"learning/jobs/{job_id}/events", retry=True,
+                                params={"since_seq": since_seq, "limit": limit})
+        events = body.get("events") if isinstance(body, dict) else body
+        if events is None and isinstance(body, dict):
+            events = body.get("data")
+        out = []
+        for event in events or []:
+            event = dict(event)
+            event.setdefault("type", event.get("event_type"))
+            if int(event.get("seq") or 0) > since_seq:
+                out.append(event)
+        return sorted(out, key=lambda e: int(e.get("seq") or 0))
+
+    async def get_metrics(self, job_id: str, *, after_step: int = -1, limit: int = 500, name: str | None = None) -> list[dict]:
+        params: dict[str, Any] = {"after_step": after_step, "limit": limit}
+        if name:
+            params["name"] = name
+        body = await self._json("GET", f"learning/jobs/{job_id}/metrics", retry=True, params=params)
+        return body.get("points") or body.get("data") or [] if isinstance(body, dict) else []
+
+    async def get_timeline(self, job_id: str, *, limit: int = 200) -> list[dict]:
+        body = await self._json("GET", f"learning/jobs/{job_id}/timeline", retry=True, params={"limit": limit})
+        return body.get("events") or body.get("timeline") or [] if isinstance(body, dict) else []
+
+    async def cancel_job(self, job_id: str) -> dict:
+        record = await self._json("POST", f"learning/jobs/{job_id}/cancel", retry=True, json={})
+        if "status" in record:
+            record["status"] = normalize_status(record["status"])
+        return record
+
+    async def list_jobs(self, *, status: str | None = None, limit: int = 20) -> list[dict]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        body = await self._json("GET", "learning/jobs", retry=True, params=params)
+        jobs = body.get("jobs") or body.get("data") or [] if isinstance(body, dict) else body
+        for job in jobs:
+            job["status"] = normalize_status(job.get("status") or job.get("state"))
+        return jobs
+
+    async def list_models(self) -> list[dict]:
+        body = await self._json("GET", "learning/models", retry=True)
+        return body.get("data") or body.get("models") or [] if isinstance(body, dict) else body
+
+    async def health(self) -> dict:
+        return await self._json("GET", "health", retry=False)
+
+    async def chat_completion(self, body: dict, *, timeout_s: float = 120.0) -> dict:
+        return await self._json("POST", "inference/v1/chat/completions", retry=True, json=body, timeout=timeout_s)

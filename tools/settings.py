@@ -1,0 +1,115 @@
+"""Where the learning API is and how to authenticate: Synth's environment names, ``.env`` files, defaults.
+
+Resolution (``learning-api.md`` §2 and decision §9.15):
+
+* **key** — ``SYNTH_API_KEY``.
+* **base URL** — an explicit argument, then ``SYNTH_BACKEND_URL``, ``BACKEND_BASE_URL``, ``SYNTH_BACKEND_OVERRIDE``;
+  then, if a key is set, Synth's hosted API ``https://api.usesynth.ai``; with neither, the **embedded backend**.
+* **.env files** — ``--env-file`` (repeatable, later files override earlier ones) are read first; values found there
+  fill in variables the process environment does not already set, except that an explicitly passed file wins
+  over a ``.env`` auto-discovered in the working directory (as Synth's ``--env`` beats ``find_dotenv``).
+
+Every base URL is normalised to end in ``/api`` (Synth's ``ensure_api_base``). The key is kept out of ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+SYNTH_DEFAULT_ORIGIN = "https://api.usesynth.ai"
+URL_ENV_VARS = ("SYNTH_BACKEND_URL", "BACKEND_BASE_URL", "SYNTH_BACKEND_OVERRIDE")
+KEY_ENV_VAR = "SYNTH_API_KEY"
+LOCAL_KEY_ENV_VAR = "LEARNING_MCP_BACKEND_KEY"
+
+
+def ensure_api_base(base: str) -> str:
+    """Synth's rule: strip trailing slashes and make the base end in ``/api``."""
+    base = base.strip().rstrip("/")
+    if not base.endswith("/api"):
+        base = f"{base}/api"
+    return base
+
+
+def parse_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A small ``.env`` reader: ``KEY=VALUE`` lines, ``export`` prefixes, quotes, ``#`` comments."""
+    values: dict[str, str] = {}
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def load_env(env_files: list[str] | tuple[str, ...] = (), environ: Mapping[str, str] | None = None,
+             cwd: Path | None = None) -> dict[str, str]:
+    """The effective environment: the process env, overlaid by explicit env files (later wins), with a cwd
+    ``.env`` filling only what is still missing."""
+    env = dict(os.environ if environ is None else environ)
+    merged_files: dict[str, str] = {}
+    for path in env_files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"env file not found: {path}")
+        merged_files.update(parse_env_file(path))
+    env.update(merged_files)
+    auto = (cwd or Path.cwd()) / ".env"
+    if not env_files and auto.is_file():
+        for key, value in parse_env_file(auto).items():
+            env.setdefault(key, value)
+    return env
+
+
+@dataclass(frozen=True)
+class Target:
+    """A learning API to talk to."""
+
+    api_base: str  # ends in /api
+    kind: Literal["synth", "local", "custom"]
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def is_synth(self) -> bool:
+        return self.kind == "synth"
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.api_base}/inference/v1/chat/completions"
+
+    def describe(self) -> str:
+        auth = "key set" if self.api_key else "no key"
+        return f"{self.kind} learning API at {self.api_base} ({auth})"
+
+
+def resolve_target(*, backend_url: str | None = None, env: Mapping[str, str] | None = None) -> Target | None:
+    """The configured remote target, or ``None`` when the embedded backend should be used."""
+    env = os.environ if env is None else env
+    key = env.get(KEY_ENV_VAR) or None
+    url = backend_url or next((env[v] for v in URL_ENV_VARS if env.get(v)), None)
+    if url:
+        base = ensure_api_base(url)
+        kind = "synth" if "usesynth.ai" in base or "agent-learning.onrender.com" in base else "custom"
+        return Target(base, kind, key or env.get(LOCAL_KEY_ENV_VAR) or None)
+    if key:
+        return Target(ensure_api_base(SYNTH_DEFAULT_ORIGIN), "synth", key)
+    return None
+
+
+def redact(text: str, secrets: list[str | None]) -> str:
+    """Remove every secret from ``text`` (for error messages and logs)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
