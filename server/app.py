@@ -163,14 +163,11 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
+        from learning_mcp.server.loops import attach_loops
+
         async with anyio.create_task_group() as tg:
             state = AppState(settings, tg)
-            try:
-                from learning_mcp.server.loops import attach_loops
-
-                await attach_loops(state)
-            except ImportError:  # loop tools not available in this build
-                pass
+            await attach_loops(state)
             try:
                 yield state
             finally:
@@ -381,12 +378,9 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
                              f"{'reachable' if reachable else 'NOT reachable'} ({detail})")
 
     register_resources(server)
-    try:
-        from learning_mcp.server.loops import register_loop_tools
+    from learning_mcp.server.loops import register_loop_tools  # loops imports this module: import late
 
-        register_loop_tools(server)
-    except ImportError:
-        pass
+    register_loop_tools(server)
     return server
 
 

@@ -1,0 +1,467 @@
+"""ReST-EM (Singh et al. 2023) as a resumable step machine over the learning API and a chat endpoint.
+
+One iteration (Algorithm 1, with the paper's defaults where they fit a CPU):
+
+1. **sample** — the current model answers every train problem ``n`` times (T=0.7, top-k 40); each sample is
+   scored by the binary verifier and stored as a trace (E-step).
+2. **filter** — keep samples with reward ≥ threshold, drop duplicate completions, keep at most K per problem;
+   write them as SFT JSONL (Synth's filter-output shape).
+3. **upload** — validate the kept file and upload it.
+4. **train** — create and start an SFT job from the **base** model (``reset_to_base``, the paper's default) or
+   from the current model, and wait for it (M-step).
+5. **val_eval** — greedy pass@1 of the new model on the held-out validation split; track the best model and stop
+   early when validation stops improving.
+
+The model of iteration *i* generates the samples of iteration *i+1*. State is a JSON file written atomically
+after every step (``<loop_dir>/state.json``), so a restarted server resumes at the step it was in: a recorded
+job is re-attached rather than created twice, and a half-done eval is redone from scratch (its traces are
+deleted first). Everything the loop does goes through the same functions as the agent's own tools.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from learning_mcp.tools import jobs as job_ops
+from learning_mcp.tools.client import LearningAPIError, LearningClient
+from learning_mcp.tools.errors import ToolFailure, api_failure
+
+log = logging.getLogger(__name__)
+
+LoopStateName = Literal["running", "succeeded", "failed", "cancelled"]
+Step = Literal["sample", "filter", "upload", "train", "val_eval", "done"]
+LOOP_SECTIONS = ("loop", "eval", "filter")
+
+
+class LoopConfig(BaseModel):
+    """Everything a loop needs. From ``run_sft_loop`` arguments or a TOML (``[loop]``, ``[eval]``, ``[filter]``
+    next to Synth's SFT sections)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(description="base model id / local path / ft: id to start from")
+    tasks: str = Field(description="JSONL of problems: id, messages or prompt, answer, optional split")
+    verifier: str | dict = Field("exact", description="exact | numeric | boxed | answer | module:function | {...}")
+    iterations: int = Field(3, ge=1, le=50)
+    reset_to_base: bool = Field(True, description="each M-step trains from the base model (ReST-EM)")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    max_train_problems: int | None = Field(None, ge=1)
+    max_val_problems: int | None = Field(None, ge=1)
+    # E-step sampling
+    n: int = Field(8, ge=1, le=128, description="samples per problem")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_k: int | None = Field(40, ge=1)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(64, ge=1, le=8192)
+    stop: list[str] | None = None
+    eval_concurrency: int = Field(8, ge=1, le=256)
+    seed: int | None = 0
+    # filter
+    reward_threshold: float = 1.0
+    max_per_problem: int | None = Field(4, ge=1)
+    dedupe: bool = True
+    # M-step
+    sft_config: str | None = Field(None, description="SFT TOML (path or text); default: a full fine-tune template")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides merged into the payload")
+    job_timeout_s: float = Field(7200, gt=0)
+    # stopping
+    early_stopping: bool = True
+    patience: int = Field(1, ge=1)
+    min_improvement: float = Field(0.0, ge=0.0)
+    # where to sample from (default: the learning API's own inference endpoint)
+    chat_url: str | None = None
+    chat_api_key_env: str | None = Field(None, description="env var holding the chat endpoint's key")
+
+
+class IterationRecord(BaseModel):
+    iteration: int
+    step: Step = "sample"
+    sampler_model: str
+    train_from: str | None = None
+    samples: int | None = None
+    problems: int | None = None
+    solved: int | None = None
+    train_pass_at_1: float | None = None
+    kept: int | None = None
+    filter_counts: dict[str, int] | None = None
+    kept_path: str | None = None
+    file_id: str | None = None
+    job_id: str | None = None
+    job_status: str | None = None
+    fine_tuned_model: str | None = None
+    final_train_loss: float | None = None
+    val_pass_at_1: float | None = None
+    seconds: float = 0.0
+    started_at: float | None = None
+
+
+class LoopState(BaseModel):
+    loop_id: str
+    state: LoopStateName = "running"
+    message: str = "starting"
+    config: LoopConfig
+    base_val_pass_at_1: float | None = None
+    iterations: list[IterationRecord] = Field(default_factory=list)
+    best_model: str | None = None
+    best_val_pass_at_1: float | None = None
+    best_iteration: int | None = None
+    stopped_reason: str | None = None
+    error: dict | None = None
+    cancel_requested: bool = False
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    train_problems: int | None = None
+    val_problems: int | None = None
+
+    @property
+    def current(self) -> IterationRecord | None:
+        return self.iterations[-1] if self.iterations else None
+
+
+def default_sft_toml(model: str) -> str:
+    return f"""
+[algorithm]
+type = "offline"
+method = "sft"
+variety = "fft"
+
+[job]
+model = "{model}"
+
+[compute]
+gpu_type = "H100"
+gpu_count = 1
+
+[hyperparameters]
+n_epochs = 3
+learning_rate = 1e-5
+per_device_batch = 8
+"""
+
+
+def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
+    """Split a loop TOML into (loop arguments, the SFT TOML text without the loop sections)."""
+    path = Path(text_or_path).expanduser()
+    is_path = "\n" not in text_or_path and path.suffix == ".toml"
+    if is_path and not path.exists():
+        raise ToolFailure("config_not_found", f"loop config not found: {path}")
+    text = path.read_text() if is_path else text_or_path
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ToolFailure("invalid_toml", f"loop config is not valid TOML: {exc}") from None
+    args: dict[str, Any] = dict(doc.get("loop") or {})
+    args.update({k: v for k, v in (doc.get("eval") or {}).items()})
+    args.update({k: v for k, v in (doc.get("filter") or {}).items()})
+    sft = {k: v for k, v in doc.items() if k not in LOOP_SECTIONS}
+    if "base_model" not in args and isinstance(sft.get("job"), dict) and sft["job"].get("model"):
+        args["base_model"] = sft["job"]["model"]
+    if sft.get("algorithm") or sft.get("hyperparameters"):
+        args.setdefault("sft_config", _dump_toml(sft))
+    if is_path:  # relative task paths resolve against the config's folder
+        tasks = args.get("tasks")
+        if isinstance(tasks, str) and not Path(tasks).is_absolute():
+            args["tasks"] = str((path.parent / tasks).resolve())
+    return args, text
+
+
+def _dump_toml(doc: dict) -> str:
+    """Minimal TOML writer for the SFT sections (tables of scalars, lists and nested tables)."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {scalar(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    def table(name: str, body: dict) -> None:
+        simple = {k: v for k, v in body.items() if not isinstance(v, dict) or not v or name == ""}
+        nested = {k: v for k, v in body.items() if isinstance(v, dict) and v and name != ""}
+        if name:
+            lines.append(f"[{name}]")
+        for k, v in simple.items():
+            if name == "" and isinstance(v, dict):
+                continue
+            lines.append(f"{k} = {scalar(v)}")
+        lines.append("")
+        for k, v in nested.items():
+            table(f"{name}.{k}", v)
+
+    top = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    if top:
+        table("", top)
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            table(k, v)
+    return "\n".join(lines)
+
+
+class LoopRunner:
+    """Drives one loop to its end. ``state_dir`` holds ``state.json``, ``traces.sqlite`` and the kept files."""
+
+    def __init__(self, state: LoopState, state_dir: Path, client: LearningClient, *,
+                 on_change: Callable[[LoopState], Awaitable[None] | None] | None = None):
+        self.state = state
+        self.dir = state_dir
+        self.client = client
+        self.on_change = on_change
+        self.cfg = state.config
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def save(self) -> None:
+        self.state.updated_at = time.time()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"state.json.{os.getpid()}.tmp"
+        tmp.write_text(self.state.model_dump_json(indent=1))
+        os.replace(tmp, self.dir / "state.json")
+
+    async def _changed(self, message: str | None = None) -> None:
+        if message:
+            self.state.message = message
+            log.info("loop %s: %s", self.state.loop_id, message)
+        self.save()
+        if self.on_change is not None:
+            result = self.on_change(self.state)
+            if result is not None:
+                await result
+
+    @staticmethod
+    def load(state_dir: Path) -> LoopState:
+        return LoopState.model_validate_json((state_dir / "state.json").read_text())
+
+    # -- the loop --------------------------------------------------------------------------------------
+    async def run(self) -> LoopState:
+        from learning_mcp.tools.evaluate import ChatEndpointError
+        from learning_mcp.tools.rewards import VerifierError
+        from learning_mcp.tools.tasks import TaskFileError
+
+        try:
+            await self._run()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                if self.state.cancel_requested:
+                    await self._finish_cancelled()
+                else:  # the server is shutting down: the loop stays 'running' and resumes on the next start
+                    self.state.message = f"interrupted by a server shutdown ({self.state.message}); resumes on restart"
+                    self.save()
+            raise
+        except VerifierError as exc:
+            await self._fail("verifier_error", f"the verifier failed: {exc}. Fix the verifier and start a new loop.")
+        except ChatEndpointError as exc:
+            await self._fail("chat_endpoint_error", f"sampling failed: {exc}")
+        except TaskFileError as exc:
+            await self._fail("invalid_tasks", f"the task file is invalid: {exc}")
+        except ToolFailure as exc:
+            await self._fail(exc.code, exc.message)
+        except LearningAPIError as exc:
+            failure = api_failure(exc, action="the loop's API call")
+            await self._fail(failure.code, failure.message)
+        except Exception as exc:  # a bug: record it on the loop rather than leave it 'running' forever
+            log.exception("loop %s crashed", self.state.loop_id)
+            await self._fail("internal_error", f"{type(exc).__name__}: {exc}")
+        return self.state
+
+    async def _fail(self, code: str, message: str) -> None:
+        self.state.state = "failed"
+        self.state.error = {"code": code, "message": message}
+        await self._changed(f"failed: {message}")
+
+    async def _finish_cancelled(self) -> None:
+        record = self.state.current
+        if record is not None and record.job_id and record.step == "train":
+            try:
+                await self.client.cancel_job(record.job_id)
+            except LearningAPIError as exc:
+                log.warning("could not cancel job %s: %s", record.job_id, exc)
+        self.state.state = "cancelled"
+        self.state.stopped_reason = "cancelled"
+        await self._changed("cancelled by cancel_loop")
+
+    async def _run(self) -> None:
+        from learning_mcp.tools.rewards import make_verifier
+        from learning_mcp.tools.tasks import load_tasks, split_tasks
+        from learning_mcp.tools.traces import TraceStore
+
+        cfg = self.cfg
+        tasks = await anyio.to_thread.run_sync(lambda: load_tasks(cfg.tasks))
+        train, val = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+        train = train[: cfg.max_train_problems] if cfg.max_train_problems else train
+        val = val[: cfg.max_val_problems] if cfg.max_val_problems else val
+        if not train:
+            raise ToolFailure("no_train_problems", "the task set has no train problems after the split")
+        self.state.train_problems, self.state.val_problems = len(train), len(val)
+        verifier = make_verifier(cfg.verifier, base_dir=Path(cfg.tasks).parent)
+        store = TraceStore(self.dir / "traces.sqlite")
+        try:
+            if val and self.state.base_val_pass_at_1 is None:
+                await self._changed(f"greedy eval of the base model on {len(val)} validation problems")
+                summary = await self._eval(store, val, cfg.base_model, iteration=0, phase="val_eval", greedy=True,
+                                           verifier=verifier)
+                self.state.base_val_pass_at_1 = summary.pass_at_1
+                self.state.best_model, self.state.best_val_pass_at_1 = cfg.base_model, summary.pass_at_1
+                self.state.best_iteration = 0
+                await self._changed(f"base model: validation pass@1 {summary.pass_at_1:.3f}")
+            while True:
+                record = self.state.current
+                if record is None or record.step == "done":
+                    if record is not None and self._should_stop():
+                        break
+                    if len(self.state.iterations) >= cfg.iterations:
+                        self.state.stopped_reason = "completed"
+                        break
+                    sampler = record.fine_tuned_model if record and record.fine_tuned_model else cfg.base_model
+                    record = IterationRecord(iteration=len(self.state.iterations) + 1, sampler_model=sampler,
+                                             started_at=time.time())
+                    self.state.iterations.append(record)
+                    await self._changed(f"iteration {record.iteration}: sampling")
+                await self._advance(record, store, train, val, verifier)
+        finally:
+            store.close()
+        self.state.state = "succeeded"
+        best = self.state.best_model
+        await self._changed(f"finished ({self.state.stopped_reason}); best model {best} "
+                            f"(validation pass@1 {self.state.best_val_pass_at_1})")
+
+    def _should_stop(self) -> bool:
+        cfg = self.cfg
+        if not cfg.early_stopping or self.state.base_val_pass_at_1 is None:
+            return False
+        done = [r for r in self.state.iterations if r.step == "done" and r.val_pass_at_1 is not None]
+        if len(done) < cfg.patience:
+            return False
+        best_before = self.state.base_val_pass_at_1
+        streak = 0
+        for record in done:
+            if record.val_pass_at_1 > best_before + cfg.min_improvement:
+                best_before, streak = record.val_pass_at_1, 0
+            else:
+                streak += 1
+        if streak >= cfg.patience:
+            self.state.stopped_reason = "val_not_improving"
+            return True
+        return False
+
+    async def _eval(self, store, tasks, model: str, *, iteration: int, phase: str, greedy: bool, verifier):
+        from learning_mcp.tools.evaluate import SamplingSettings, evaluate
+
+        cfg = self.cfg
+        store.delete(self.state.loop_id, iteration=iteration, phase=phase)  # a resumed eval starts clean
+        settings = SamplingSettings(n=1 if greedy else cfg.n, temperature=0.0 if greedy else cfg.temperature,
+                                    top_p=cfg.top_p, top_k=None if greedy else cfg.top_k, max_tokens=cfg.max_tokens,
+                                    stop=cfg.stop, seed=None if cfg.seed is None else cfg.seed + iteration)
+        api_key = os.environ.get(cfg.chat_api_key_env) if cfg.chat_api_key_env else self.client.target.api_key
+        chat_url = cfg.chat_url or self.client.target.chat_url
+        return await evaluate(tasks, chat_url=chat_url, model=model, verifier=verifier, settings=settings,
+                              store=store, run_id=self.state.loop_id, iteration=iteration, phase=phase,
+                              api_key=api_key, concurrency=cfg.eval_concurrency, greedy=greedy)
+
+    async def _advance(self, record: IterationRecord, store, train, val, verifier) -> None:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        if record.step == "sample":
+            summary = await self._eval(store, train, record.sampler_model, iteration=record.iteration,
+                                       phase="train_eval", greedy=False, verifier=verifier)
+            record.samples, record.problems, record.solved = summary.samples, summary.problems, summary.solved_any
+            record.train_pass_at_1 = summary.pass_at_1
+            record.step = "filter"
+            await self._changed(f"iteration {record.iteration}: {summary.correct}/{summary.samples} samples correct, "
+                                f"{summary.solved_any}/{summary.problems} problems solved")
+        elif record.step == "filter":
+            from learning_mcp.tools.filtering import FilterSpec, filter_traces
+
+            out = self.dir / f"iter_{record.iteration:02d}_kept.jsonl"
+            spec = FilterSpec(db=str(self.dir / "traces.sqlite"), output=str(out), run_id=self.state.loop_id,
+                              iterations=[record.iteration], phases=["train_eval"],
+                              reward_threshold=cfg.reward_threshold, max_per_problem=cfg.max_per_problem,
+                              dedupe=cfg.dedupe)
+            report = await anyio.to_thread.run_sync(lambda: filter_traces(spec, store))
+            record.filter_counts = dict(report.counts)
+            record.kept = report.counts.get("written", 0)
+            if not record.kept:
+                raise ToolFailure("empty_filter_result",
+                                  f"iteration {record.iteration}: no sample passed the verifier "
+                                  f"({record.samples} samples on {record.problems} problems, reward threshold "
+                                  f"{cfg.reward_threshold}); nothing to train on. Use a stronger seed model, more "
+                                  "samples (n), a higher temperature, or check the verifier against the answers.")
+            record.kept_path = str(out)
+            record.step = "upload"
+            await self._changed(f"iteration {record.iteration}: kept {record.kept} samples")
+        elif record.step == "upload":
+            up = await job_ops.upload_dataset(self.client, record.kept_path, min_messages=1)
+            record.file_id = up.file_id
+            record.step = "train"
+            await self._changed(f"iteration {record.iteration}: uploaded {up.file_id}")
+        elif record.step == "train":
+            if record.job_id is None:
+                record.train_from = cfg.base_model if cfg.reset_to_base else record.sampler_model
+                sft_toml = apply_hyperparameter_overrides(sft_config_text(cfg.sft_config, record.train_from),
+                                                          cfg.hyperparameters)
+                out = await job_ops.create_job_from_config(
+                    self.client, sft_toml, training_file_id=record.file_id, model=record.train_from, start=True,
+                    idempotency_key=f"{self.state.loop_id}-iter{record.iteration}")
+                record.job_id = out.job_id
+                await self._changed(f"iteration {record.iteration}: training job {out.job_id} from {record.train_from}")
+            job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s)
+            record.job_status = job.get("status")
+            if record.job_status != "succeeded":
+                err = job.get("error") or {}
+                raise ToolFailure("training_failed", f"iteration {record.iteration}: job {record.job_id} ended "
+                                                     f"{record.job_status}: {err.get('message') or err}")
+            record.fine_tuned_model = job.get("fine_tuned_model")
+            loss = (job.get("latest_metrics") or {}).get("train.loss")
+            if loss is None:
+                points = await self.client.get_metrics(record.job_id, name="train.loss", limit=5000)
+                loss = points[-1] if points else None
+            record.final_train_loss = (loss or {}).get("value") if isinstance(loss, dict) else loss
+            record.step = "val_eval" if val else "done"
+            await self._changed(f"iteration {record.iteration}: trained {record.fine_tuned_model}")
+        elif record.step == "val_eval":
+            summary = await self._eval(store, val, record.fine_tuned_model, iteration=record.iteration,
+                                       phase="val_eval", greedy=True, verifier=verifier)
+            record.val_pass_at_1 = summary.pass_at_1
+            if self.state.best_val_pass_at_1 is None or summary.pass_at_1 > self.state.best_val_pass_at_1:
+                self.state.best_model, self.state.best_val_pass_at_1 = record.fine_tuned_model, summary.pass_at_1
+                self.state.best_iteration = record.iteration
+            record.step = "done"
+            await self._changed(f"iteration {record.iteration}: validation pass@1 {summary.pass_at_1:.3f}")
+        record.seconds += time.monotonic() - t0
+        self.save()
+
+
+def sft_config_text(config: str | None, model: str) -> str:
+    """The SFT TOML text: the loop's own (a path or text) or the default template."""
+    if not config:
+        return default_sft_toml(model)
+    path = Path(config).expanduser()
+    if "\n" not in config and path.suffix == ".toml":
+        if not path.is_file():
+            raise ToolFailure("config_not_found", f"SFT config not found: {path}")
+        return path.read_text()
+    return config
+
+
+def apply_hyperparameter_overrides(sft_toml: str, overrides: dict) -> str:
+    """Merge ``overrides`` into the ``[hyperparameters]`` table of an SFT TOML text."""
+    if not overrides:
+        return sft_toml
+    doc = tomllib.loads(sft_toml)
+    doc.setdefault("hyperparameters", {}).update(overrides)
+    return _dump_toml(doc)
