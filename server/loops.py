@@ -507,7 +507,8 @@ def register_loop_tools(server: MCPServer) -> None:
         ReST-EM's (reward_threshold, max_per_problem, dedupe). Reports how many records survive each stage.
         Next: upload_file(output) and create_job, or validate_dataset(output).
         """
-        from learning_mcp.tools.filtering import FilterSpec, filter_traces as run_filter, load_filter_config
+        from learning_mcp.tools.filtering import FilterConfigError, FilterSpec, filter_traces as run_filter
+        from learning_mcp.tools.filtering import load_filter_config
         from learning_mcp.tools.traces import TraceStore
 
         with tool_errors("filtering traces"):
@@ -516,7 +517,7 @@ def register_loop_tools(server: MCPServer) -> None:
             if config:
                 try:
                     base = dict(vars(load_filter_config(config)))
-                except (ValueError, OSError) as exc:
+                except (FilterConfigError, ValueError, OSError) as exc:
                     raise ToolFailure("invalid_filter_config", str(exc)) from None
             db_path = db or base.get("db")
             if not db_path and run_id:
@@ -533,7 +534,7 @@ def register_loop_tools(server: MCPServer) -> None:
                 Path(db_path).parent / f"filtered-{run_id or 'all'}-{int(time.time())}.jsonl")
             try:
                 spec = FilterSpec(**base)
-            except (TypeError, ValueError) as exc:
+            except (FilterConfigError, TypeError, ValueError) as exc:
                 raise ToolFailure("invalid_filter_config", str(exc)) from None
 
             def work():
