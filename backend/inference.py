@@ -1,0 +1,576 @@
+"""OpenAI-style chat completions over base and fine-tuned models, for evaluation.
+
+``POST /api/inference/v1/chat/completions`` hands the request body to
+:meth:`InferenceEngine.chat_completion`, which validates it, renders the prompt with the model's own
+chat template and generates with transformers ``generate``.
+
+Batching
+    Evaluation fires many small requests at once (one per problem, ``n`` samples each). Requests for
+    the same model with the same sampling parameters (temperature, top_p, top_k, max_tokens, seed) are
+    queued under one key; ``batch_window_s`` after the first one arrives, the queue is drained into
+    batches of at most ``max_batch_size`` rows (each request contributes ``n`` rows; a greedy request
+    contributes one row, copied ``n`` times, since greedy samples are identical). Each batch is ONE
+    left-padded ``generate`` call run in a worker thread (``asyncio.to_thread``), so the event loop keeps
+    serving. One generation runs at a time per engine (an ``asyncio.Lock``), which bounds memory; while
+    it runs, new requests pile up and are coalesced into the next batch. ``stats`` counts
+    ``generate_calls``, ``requests``, ``batched_requests`` (requests that shared a ``generate`` call
+    with another request), ``generated_tokens`` and ``max_batch_rows``.
+
+Decoding (training-notes §9.2 gotchas)
+    ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)`` then tokenise with
+    ``add_special_tokens=False``; pad/eos ids passed explicitly; each row is cut at the first EOS /
+    ``<|im_end|>``, pad stripped, special tokens skipped; then cut at the first ``stop`` string.
+    ``finish_reason`` is ``"stop"`` when an end token or stop string ended the text, else ``"length"``.
+    With ``seed`` set, the batch runs under a forked RNG seeded with it, so a request served alone is
+    reproducible (a batch shares one seed; its rows still get different samples).
+
+Models
+    Loaded on first use through :mod:`.modelref` (LoRA adapters merged) and kept in an LRU cache of
+    ``max_loaded_models`` entries keyed by model id, so a model fine-tuned after the engine started is
+    served without a restart. torch/transformers are imported lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .modelref import (
+    ModelRefError,
+    ResolvedModel,
+    check_loadable,
+    cpu_threads_for,
+    load_model_for_inference,
+    load_tokenizer,
+    pick_device_and_dtype,
+    resolve_model,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 256
+MAX_MAX_TOKENS = 32768
+MAX_N = 128
+MAX_STOP_STRINGS = 16
+IGNORED_FIELDS = {
+    "thinking_budget", "user", "metadata", "tool_choice", "parallel_tool_calls", "frequency_penalty",
+    "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format", "store", "service_tier",
+    "stream_options", "reasoning_effort", "modalities", "prediction", "audio", "extra_body",
+    "repetition_penalty", "min_p",
+}
+KNOWN_FIELDS = {"model", "messages", "tools", "n", "temperature", "top_p", "top_k", "max_tokens",
+                "max_completion_tokens", "stop", "seed", "stream"} | IGNORED_FIELDS
+
+
+class InferenceError(Exception):
+    """A request the engine refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+# --------------------------------------------------------------------------------------------------
+# request parsing (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What must be equal for two requests to share a ``generate`` call."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    seed: int | None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    n: int
+    sampling: SamplingParams
+    stop: list[str]
+
+
+def _bad(message: str, param: str, status: int = 400, code: str = "invalid_request") -> InferenceError:
+    return InferenceError(status, code, message, param)
+
+
+def _number(body: dict, key: str, default: float, *, minimum: float, maximum: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"{key} must be a number", key, 422, "invalid_type")
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise _bad(f"{key} must be between {minimum:g} and {maximum:g}, got {value!r}", key)
+    return float(value)
+
+
+def _integer(body: dict, key: str, default: int | None, *, minimum: int, maximum: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise _bad(f"{key} must be an integer", key, 422, "invalid_type")
+    if not minimum <= value <= maximum:
+        raise _bad(f"{key} must be between {minimum} and {maximum}, got {value}", key)
+    return value
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate an OpenAI chat-completions body. Raises :class:`InferenceError` (400/422) naming the field."""
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object", None, 422, "invalid_type")  # type: ignore[arg-type]
+    if body.get("stream") not in (None, False):
+        raise _bad("stream=true is not supported by the embedded backend; omit stream or set it to false", "stream")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("model is required: a base model id, a local model path or a fine-tuned 'ft:' id", "model",
+                   422, "missing_field" if model is None else "invalid_type")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages must be a non-empty list of {role, content} objects", "messages", 422,
+                   "missing_field" if messages is None else "invalid_type")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{index}] is not an object", f"messages[{index}]", 422, "invalid_type")
+        if not isinstance(message.get("role"), str) or not message["role"]:
+            raise _bad(f"messages[{index}].role must be a non-empty string", f"messages[{index}].role", 422,
+                       "invalid_type")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list, dict)):
+            raise _bad(f"messages[{index}].content must be a string, a list of content parts or null",
+                       f"messages[{index}].content", 422, "invalid_type")
+        if message.get("tool_calls") is not None and not isinstance(message["tool_calls"], list):
+            raise _bad(f"messages[{index}].tool_calls must be a list", f"messages[{index}].tool_calls", 422,
+                       "invalid_type")
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise _bad("tools must be a list of tool objects", "tools", 422, "invalid_type")
+
+    n = _integer(body, "n", 1, minimum=1, maximum=MAX_N)
+    temperature = _number(body, "temperature", 1.0, minimum=0.0, maximum=2.0)
+    top_p = _number(body, "top_p", 1.0, minimum=0.0, maximum=1.0)
+    if top_p == 0.0:
+        raise _bad("top_p must be greater than 0", "top_p")
+    top_k = _integer(body, "top_k", 0, minimum=0, maximum=1_000_000)
+    max_key = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
+    max_tokens = _integer(body, max_key, DEFAULT_MAX_TOKENS, minimum=1, maximum=MAX_MAX_TOKENS)
+    seed = _integer(body, "seed", None, minimum=-(2**63), maximum=2**64 - 1)
+
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise _bad("stop must be a string or a list of strings", "stop", 422, "invalid_type")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise _bad(f"at most {MAX_STOP_STRINGS} stop strings are supported", "stop")
+    stops = [s for s in stops if s]
+    unknown = sorted(set(body) - KNOWN_FIELDS)
+    if unknown:
+        logger.debug("ignoring unknown chat-completion fields %s", unknown)
+
+    # top_p/top_k do not matter for greedy decoding: normalise them so greedy requests coalesce
+    if temperature == 0.0:
+        top_p, top_k = 1.0, 0
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k or 0, max_tokens=max_tokens,
+                              seed=seed)
+    return ChatRequest(model=model.strip(), messages=messages, tools=tools or None, n=n, sampling=sampling,
+                       stop=stops)
+
+
+def apply_stop_strings(text: str, stops: list[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest stop string; ``(text, stopped)``."""
+    cut = min((index for index in (text.find(s) for s in stops) if index >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+# --------------------------------------------------------------------------------------------------
+# engine
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LoadedModel:
+    resolved: ResolvedModel
+    model: Any
+    tokenizer: Any
+    device: str
+    eos_ids: list[int]
+    pad_id: int
+    context_size: int | None
+
+
+@dataclass
+class _Pending:
+    request: ChatRequest
+    future: asyncio.Future
+    rows: int  # rows this request puts in a batch
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Completion:
+    texts: list[str]
+    finish_reasons: list[str]
+    completion_tokens: list[int]
+    prompt_tokens: int
+
+
+class InferenceEngine:
+    """Serves chat completions for base and fine-tuned models; see the module docstring."""
+
+    def __init__(self, models_dir: Path, *, max_batch_size: int = 64, batch_window_s: float = 0.01,
+                 max_loaded_models: int = 2, device: str | None = None) -> None:
+        if max_batch_size < 1 or max_loaded_models < 1:
+            raise ValueError("max_batch_size and max_loaded_models must be >= 1")
+        self.models_dir = Path(models_dir)
+        self.max_batch_size = max_batch_size
+        self.batch_window_s = max(0.0, batch_window_s)
+        self.max_loaded_models = max_loaded_models
+        self._device_override = device
+        self._models: OrderedDict[str, _LoadedModel] = OrderedDict()
+        self._models_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generate_lock: asyncio.Lock | None = None
+        self._queues: dict[tuple[str, SamplingParams], deque[_Pending]] = {}
+        self._flushers: dict[tuple[str, SamplingParams], asyncio.Task] = {}
+        self._closed = False
+        self.stats: dict[str, int] = {"generate_calls": 0, "requests": 0, "batched_requests": 0,
+                                      "generated_tokens": 0, "prompt_tokens": 0, "max_batch_rows": 0,
+                                      "model_loads": 0}
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    async def chat_completion(self, body: dict) -> dict:
+        """Answer one chat-completions request body with an OpenAI ``chat.completion`` dict."""
+        if self._closed:
+            raise InferenceError(503, "engine_closed", "the inference engine is shut down")
+        request = parse_chat_request(body)
+        await self._ensure_model_known(request.model)
+        self._bind_loop()
+        key = (request.model, request.sampling)
+        pending = _Pending(request=request, future=asyncio.get_running_loop().create_future(),
+                           rows=1 if request.sampling.greedy else request.n)
+        self._queues.setdefault(key, deque()).append(pending)
+        if key not in self._flushers:
+            self._flushers[key] = asyncio.create_task(self._flush(key))
+        completion: _Completion = await pending.future
+        return self._response(request, completion)
+
+    def loaded_models(self) -> list[str]:
+        """Ids of the models in memory, least recently used first."""
+        with self._models_lock:
+            return list(self._models)
+
+    def close(self) -> None:
+        """Drop every loaded model and refuse further requests."""
+        self._closed = True
+        for task in list(self._flushers.values()):
+            task.cancel()
+        with self._models_lock:
+            self._models.clear()
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover
+            pass
+
+    # -- batching -----------------------------------------------------------------------------------
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first call, or a new event loop (tests using asyncio.run repeatedly)
+            self._loop = loop
+            self._generate_lock = asyncio.Lock()
+            self._queues, self._flushers = {}, {}
+
+    def _take_batch(self, key: tuple[str, SamplingParams]) -> list[_Pending]:
+        queue = self._queues.get(key)
+        batch: list[_Pending] = []
+        rows = 0
+        while queue:
+            head = queue[0]
+            if head.future.done():  # the caller went away
+                queue.popleft()
+                continue
+            if batch and rows + head.rows > self.max_batch_size:
+                break
+            batch.append(queue.popleft())
+            rows += head.rows
+        return batch
+
+    async def _flush(self, key: tuple[str, SamplingParams]) -> None:
+        try:
+            if self.batch_window_s:
+                try:
+                    await asyncio.sleep(self.batch_window_s)
+                except asyncio.CancelledError:
+                    self._fail_all([], key)
+                    raise
+            assert self._generate_lock is not None
+            while self._queues.get(key):
+                async with self._generate_lock:
+                    batch = self._take_batch(key)
+                    if not batch:
+                        continue
+                    try:
+                        results = await asyncio.to_thread(self._run_batch, key[0], key[1], batch)
+                    except asyncio.CancelledError:
+                        self._fail_all(batch, key)
+                        raise
+                    except Exception as exc:  # the whole batch failed (e.g. the model could not load)
+                        error = exc if isinstance(exc, InferenceError) else InferenceError(
+                            500, "inference_failed", f"generation failed: {type(exc).__name__}: {exc}")
+                        if not isinstance(exc, InferenceError):
+                            logger.exception("generation failed for %s", key[0])
+                        results = [error] * len(batch)
+                    for pending, result in zip(batch, results):
+                        if pending.future.done():
+                            continue
+                        if isinstance(result, BaseException):
+                            pending.future.set_exception(result)
+                        else:
+                            pending.future.set_result(result)
+        finally:
+            # no await between the emptiness check above and this line: a request enqueued later finds no
+            # flusher for its key and starts one
+            if self._flushers.get(key) is asyncio.current_task():
+                del self._flushers[key]
+            if not self._queues.get(key):
+                self._queues.pop(key, None)
+
+    def _fail_all(self, batch: list[_Pending], key: tuple[str, SamplingParams]) -> None:
+        error = InferenceError(503, "engine_closed", "the inference engine shut down before answering")
+        for pending in list(batch) + list(self._queues.get(key) or ()):
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    # -- models -------------------------------------------------------------------------------------
+
+    async def _ensure_model_known(self, model_id: str) -> None:
+        with self._models_lock:
+            if model_id in self._models:
+                return
+        try:
+            await asyncio.to_thread(check_loadable, model_id, self.models_dir, timeout_s=3.0)
+        except ModelRefError as exc:
+            raise InferenceError(404, "model_not_found", exc.message, "model") from exc
+
+    def _get_model(self, model_id: str) -> _LoadedModel:
+        with self._models_lock:
+            loaded = self._models.get(model_id)
+            if loaded is not None:
+                self._models.move_to_end(model_id)
+                return loaded
+        try:
+            resolved = resolve_model(model_id, self.models_dir)
+        except ModelRefError as exc:
+            raise InferenceError(404, "model_not_found", exc.message, "model") from exc
+        device, dtype = pick_device_and_dtype(None)
+        if self._device_override:
+            device = self._device_override
+            if device == "cpu":
+                import torch
+
+                dtype = torch.float32
+        started = time.perf_counter()
+        try:
+            tokenizer = load_tokenizer(resolved)
+            model = load_model_for_inference(resolved, device, dtype, models_dir=self.models_dir)
+        except Exception as exc:
+            raise InferenceError(500, "model_load_failed", f"cannot load model {model_id!r}: "
+                                 f"{type(exc).__name__}: {exc}", "model") from exc
+        tokenizer.padding_side = "left"
+        eos_ids: list[int] = []
+        candidates = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        generation_eos = getattr(model.generation_config, "eos_token_id", None)
+        candidates += generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        for token_id in candidates:
+            if isinstance(token_id, int) and token_id >= 0 and token_id != tokenizer.unk_token_id \
+                    and token_id not in eos_ids:
+                eos_ids.append(token_id)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        loaded = _LoadedModel(resolved=resolved, model=model, tokenizer=tokenizer, device=device, eos_ids=eos_ids,
+                              pad_id=pad_id, context_size=context)
+        with self._models_lock:
+            self._models[model_id] = loaded
+            self.stats["model_loads"] += 1
+            while len(self._models) > self.max_loaded_models:
+                evicted, _ = self._models.popitem(last=False)
+                logger.info("evicted model %s from the inference cache", evicted)
+        gc.collect()
+        logger.info("serving %s (%s) after %.2f s", model_id, resolved.kind, time.perf_counter() - started)
+        return loaded
+
+    # -- generation (worker thread) -------------------------------------------------------------------
+
+    def _render_prompt(self, loaded: _LoadedModel, request: ChatRequest) -> list[int]:
+        tokenizer = loaded.tokenizer
+        try:
+            text = tokenizer.apply_chat_template(request.messages, tools=request.tools, add_generation_prompt=True,
+                                                 tokenize=False)
+        except Exception as exc:
+            if not any(isinstance(m.get("content"), (list, dict)) for m in request.messages):
+                raise InferenceError(400, "invalid_messages", f"the model's chat template cannot render these "
+                                     f"messages: {exc}", "messages") from exc
+            from .trainer import flatten_multimodal
+
+            text = tokenizer.apply_chat_template(flatten_multimodal(request.messages), tools=request.tools,
+                                                 add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _run_batch(self, model_id: str, sampling: SamplingParams,
+                   batch: list[_Pending]) -> list[_Completion | InferenceError]:
+        import torch
+
+        loaded = self._get_model(model_id)
+        results: list[_Completion | InferenceError | None] = [None] * len(batch)
+        prompts: list[list[int] | None] = []
+        for index, pending in enumerate(batch):
+            try:
+                ids = self._render_prompt(loaded, pending.request)
+                if loaded.context_size and len(ids) >= loaded.context_size:
+                    raise InferenceError(400, "context_length_exceeded", f"the prompt is {len(ids)} tokens; "
+                                         f"model {model_id!r} has a context of {loaded.context_size} tokens",
+                                         "messages")
+                prompts.append(ids)
+            except InferenceError as exc:
+                results[index] = exc
+                prompts.append(None)
+        live = [i for i, ids in enumerate(prompts) if ids is not None]
+        if not live:
+            return results  # type: ignore[return-value]
+
+        # rows: (request index, prompt ids); greedy requests contribute one row
+        rows: list[tuple[int, list[int]]] = []
+        for i in live:
+            rows.extend((i, prompts[i]) for _ in range(batch[i].rows))  # type: ignore[misc]
+        if len([i for i in live]) > 1:
+            self.stats["batched_requests"] += len(live)
+        self.stats["requests"] += len(live)
+
+        texts: dict[int, list[tuple[str, str, int]]] = {i: [] for i in live}
+        cuda_devices = [torch.cuda.current_device()] if loaded.device.startswith("cuda") else []
+        rng_context = torch.random.fork_rng(devices=cuda_devices, enabled=sampling.seed is not None)
+        with rng_context, torch.inference_mode(), cpu_threads_for(loaded.model, loaded.device):
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed % (2**63))
+            for start in range(0, len(rows), self.max_batch_size):
+                chunk = rows[start:start + self.max_batch_size]
+                for (i, _), decoded in zip(chunk, self._generate(loaded, sampling, [ids for _, ids in chunk])):
+                    texts[i].append(decoded)
+
+        for i in live:
+            request = batch[i].request
+            samples = texts[i] * request.n if sampling.greedy else texts[i]
+            out_texts, reasons, counts = [], [], []
+            for text, reason, count in samples[: request.n]:
+                text, stopped = apply_stop_strings(text, request.stop)
+                out_texts.append(text)
+                reasons.append("stop" if stopped else reason)
+                counts.append(count)
+            results[i] = _Completion(texts=out_texts, finish_reasons=reasons, completion_tokens=counts,
+                                     prompt_tokens=len(prompts[i]))  # type: ignore[arg-type]
+            self.stats["prompt_tokens"] += len(prompts[i])  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _generation_config(loaded: _LoadedModel, sampling: SamplingParams, max_new_tokens: int):
+        """A complete GenerationConfig, so the checkpoint's defaults (e.g. a Hub model's top_k=20,
+        temperature=0.7) never leak into an OpenAI request that did not ask for them."""
+        from transformers import GenerationConfig
+
+        if sampling.greedy:
+            # neutral values (not None): None would be filled from the checkpoint and then warned about
+            sampling_kwargs: dict[str, Any] = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
+        else:
+            sampling_kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                               "top_k": sampling.top_k}  # top_k 0 disables top-k filtering
+        return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=loaded.pad_id,
+                                eos_token_id=loaded.eos_ids, **sampling_kwargs)
+
+    def _generate(self, loaded: _LoadedModel, sampling: SamplingParams,
+                  prompts: list[list[int]]) -> list[tuple[str, str, int]]:
+        """One ``generate`` call over left-padded ``prompts``: ``[(text, finish_reason, n_tokens)]``."""
+        import torch
+
+        tokenizer = loaded.tokenizer
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), loaded.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        max_new = sampling.max_tokens
+        if loaded.context_size:
+            max_new = max(1, min(max_new, loaded.context_size - width))
+        output = loaded.model.generate(input_ids=input_ids.to(loaded.device),
+                                       attention_mask=attention.to(loaded.device),
+                                       generation_config=self._generation_config(loaded, sampling, max_new))
+        self.stats["generate_calls"] += 1
+        self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], len(prompts))
+        new_tokens = output[:, width:].tolist()
+        decoded: list[tuple[str, str, int]] = []
+        eos = set(loaded.eos_ids)
+        for tokens in new_tokens:
+            end = next((k for k, token in enumerate(tokens) if token in eos), None)
+            reason = "stop" if end is not None else "length"
+            kept = tokens[:end] if end is not None else tokens
+            kept = [t for t in kept if t != loaded.pad_id]
+            count = (end + 1) if end is not None else len(kept)
+            self.stats["generated_tokens"] += count
+            decoded.append((tokenizer.decode(kept, skip_special_tokens=True), reason, count))
+        return decoded
+
+    # -- response -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _response(request: ChatRequest, completion: _Completion) -> dict:
+        choices = [
+            {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+             "logprobs": None}
+            for index, (text, reason) in enumerate(zip(completion.texts, completion.finish_reasons))
+        ]
+        completion_tokens = sum(completion.completion_tokens)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "choices": choices,
+            "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": completion.prompt_tokens + completion_tokens},
+        }

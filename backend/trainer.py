@@ -1,0 +1,927 @@
+"""Real supervised fine-tuning for the embedded backend: TRL ``SFTTrainer`` + PEFT on CPU or one GPU.
+
+The worker process calls :func:`run_training` with a :class:`TrainRequest` built from a job's payload
+(learning-api.md §3.3) and a :class:`Reporter` that writes events and metric points to the job store.
+The layout follows TRL's example trainer scripts: config mapping in small pure functions
+(:func:`select_strategy`, :func:`build_sft_config`, :func:`build_lora_config`), data preparation
+(:func:`load_jsonl_records`, :func:`tokenize_example`), then one function that wires them together.
+
+Data and loss masking
+    Rows are conversational (``messages``, optional ``tools``; ``metadata`` is dropped). We tokenise
+    them ourselves with exactly the call TRL's ``assistant_only_loss=True`` makes —
+    ``apply_chat_template(messages, tools=…, return_dict=True, return_assistant_tokens_mask=True)``, with
+    TRL's training template swapped in when the model's template lacks ``{% generation %}`` markers —
+    and turn the assistant mask into ``labels``. Doing it here, rather than inside TRL, is what lets us
+    honour ``weight: 0`` on assistant messages (TRL has no per-message weight, training-notes §7.2):
+    the assistant mask's contiguous spans are matched to assistant messages in order (falling back to
+    prefix rendering when a template does not give one span per assistant turn) and a weight-0
+    message's span gets label -100. It also keeps the records out of Arrow, whose schema unification
+    would inject ``None`` keys into heterogeneous messages/tool calls. Examples left with no trainable
+    token (every assistant turn weight 0, or truncation at ``max_length`` cut them all) are skipped and
+    counted. TRL then receives ``{input_ids, labels}`` rows; it leaves a provided ``labels`` column
+    as is, so ``SFTConfig.assistant_only_loss`` stays False (it would require a raw ``messages``
+    column) while the loss is still on assistant tokens only.
+
+Runtime
+    GPU (bf16 when supported, fp16 when ``parallelism.fp16``) when CUDA is available, otherwise CPU in
+    fp32 without gradient checkpointing. ``report_to="none"``, ``save_strategy="no"``: nothing but the
+    final model touches the disk. The model is trained in a hidden sibling of ``output_dir`` and moved
+    into place at the end, manifest last, so a model directory is visible only once complete.
+    Cancellation is polled at every (micro-)step and evaluation batch.
+
+torch / transformers / trl / peft / datasets are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .modelref import (
+    ModelRefError,
+    ResolvedModel,
+    check_loadable,
+    cpu_threads_for,
+    load_model_weights,
+    load_tokenizer,
+    pick_device_and_dtype,
+    progress_bars_disabled,
+    resolve_model,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LR_FULL = 2e-5
+DEFAULT_LR_LORA = 2e-4
+DEFAULT_MAX_PER_DEVICE_BATCH = 8
+DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+MAX_LOGGED_POINTS = 50  # logging_steps = max(1, total_steps // 50)
+TRAINING_FILE_PARAM = "training_file_id"
+VALIDATION_FILE_PARAM = "validation_file"
+
+
+# --------------------------------------------------------------------------------------------------
+# public types
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainRequest:
+    job_id: str
+    model: str  # as in the payload: base id, local path, or ft: id
+    train_path: Path  # validated JSONL ({"messages": [...], "tools"?: [...], "metadata"?: {...}})
+    validation_path: Path | None
+    hyperparameters: dict  # payload["hyperparameters"]
+    effective_config: dict  # payload["metadata"]["effective_config"] (may be {})
+    output_dir: Path  # the final model directory (models_dir/<job_id>)
+    models_dir: Path  # for resolving ft: base models
+    fine_tuned_model_id: str  # the id written into the manifest
+    seed: int = 0
+
+
+class Reporter(Protocol):
+    def event(self, type: str, message: str, data: dict | None = None, level: str = "info") -> None: ...
+
+    def metric(self, name: str, value: float, step: int, epoch: float | None = None, phase: str = "train",
+               data: dict | None = None) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    train_loss: float | None  # the last logged training loss
+    val_loss: float | None  # the last (or, with save_best_model_at_end, the best) validation loss
+    train_tokens: int  # non-padding input tokens fed to the model during training
+    skipped_examples: int
+    seconds: float
+    kind: str  # "full" | "lora"
+    train_loss_mean: float | None = None  # mean over the whole run (HF's `training_loss`)
+    examples: int = 0
+    trainable_tokens: int = 0  # supervised (label) tokens in one pass over the training set
+    tokens_per_second: float | None = None
+
+
+class TrainingError(Exception):
+    """A job-level failure with an API error object's fields."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+class TrainingCancelled(Exception):
+    """Raised when ``Reporter.should_stop()`` turned True; nothing is written to ``output_dir``.
+
+    ``step`` is the optimizer step training had reached (None when it stopped before training began).
+    """
+
+    def __init__(self, step: int | None = None) -> None:
+        super().__init__("training was cancelled" + (f" at step {step}" if step is not None else ""))
+        self.step = step
+
+
+# --------------------------------------------------------------------------------------------------
+# hyperparameter mapping (pure functions)
+# --------------------------------------------------------------------------------------------------
+
+
+def _hp_number(hparams: dict, key: str, *, kind: type = float, minimum: float | None = None,
+               maximum: float | None = None, exclusive_min: bool = False) -> Any:
+    """``hparams[key]`` as ``kind`` (None when absent), or a TrainingError naming the key."""
+    value = hparams.get(key)
+    if value is None:
+        return None
+    param = f"hyperparameters.{key}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TrainingError("invalid_hyperparameters", f"{key} must be a number, got {value!r}", param)
+    try:
+        number = float(value)
+    except ValueError:
+        raise TrainingError("invalid_hyperparameters", f"{key} must be a number, got {value!r}", param) from None
+    if kind is int:
+        if not number.is_integer():
+            raise TrainingError("invalid_hyperparameters", f"{key} must be an integer, got {value!r}", param)
+        number = int(number)
+    if not math.isfinite(number) or (minimum is not None and (number <= minimum if exclusive_min else number < minimum)):
+        bound = f"> {minimum}" if exclusive_min else f">= {minimum}"
+        raise TrainingError("invalid_hyperparameters", f"{key} must be {bound}, got {value!r}", param)
+    if maximum is not None and number > maximum:
+        raise TrainingError("invalid_hyperparameters", f"{key} must be <= {maximum}, got {value!r}", param)
+    return number
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def select_strategy(hparams: dict, effective_config: dict) -> tuple[str, bool]:
+    """``("full" | "lora", qlora_requested)`` from ``train_kind`` / ``training.mode`` / ``use_qlora``."""
+    training = (effective_config or {}).get("training") or {}
+    train_kind = str(hparams.get("train_kind") or "").strip().lower()
+    mode = str(training.get("mode") or "").strip().lower()
+    qlora = _truthy(training.get("use_qlora")) or _truthy(hparams.get("use_qlora")) or train_kind == "qlora"
+    lora = qlora or train_kind in ("peft", "lora") or mode in ("lora", "peft", "qlora")
+    return ("lora" if lora else "full"), qlora
+
+
+def estimate_total_steps(n_examples: int, per_device_batch: int, grad_accum: int, epochs: float,
+                         max_steps: int | None) -> int:
+    """Optimizer steps the HF Trainer will run (its own formula for a map-style dataset)."""
+    if max_steps:
+        return max_steps
+    batches_per_epoch = max(1, math.ceil(n_examples / per_device_batch))
+    steps_per_epoch = max(1, batches_per_epoch // grad_accum + int(batches_per_epoch % grad_accum > 0))
+    return max(1, math.ceil(epochs * steps_per_epoch))
+
+
+def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str = "full",
+                     has_eval: bool = False, output_dir: str | Path = "sft-output", seed: int = 0,
+                     model_max_length: int | None = None, bf16_supported: bool = False) -> dict[str, Any]:
+    """Map Synth ``hyperparameters`` onto ``SFTConfig`` keyword arguments (training-notes §7.5).
+
+    Pure: no torch. ``device`` is ``"cpu"`` or ``"cuda"``; ``kind`` picks the default learning rate.
+    """
+    hparams = hparams or {}
+    parallelism = hparams.get("parallelism") or {}
+    if not isinstance(parallelism, dict):
+        raise TrainingError("invalid_hyperparameters", "parallelism must be an object", "hyperparameters.parallelism")
+
+    epochs = _hp_number(hparams, "n_epochs", minimum=0, exclusive_min=True)
+    max_steps = None
+    for key in ("total_steps", "train_steps", "steps", "max_steps"):
+        max_steps = _hp_number(hparams, key, kind=int, minimum=1)
+        if max_steps is not None:
+            break
+
+    per_device = _hp_number(hparams, "per_device_batch", kind=int, minimum=1)
+    grad_accum = _hp_number(hparams, "gradient_accumulation_steps", kind=int, minimum=1)
+    global_batch = _hp_number(hparams, "global_batch", kind=int, minimum=1)
+    if global_batch is None:
+        global_batch = _hp_number(hparams, "batch_size", kind=int, minimum=1)
+    if per_device is None:
+        per_device = max(1, min(DEFAULT_MAX_PER_DEVICE_BATCH, n_examples, global_batch or n_examples))
+    if grad_accum is None:
+        grad_accum = max(1, round(global_batch / per_device)) if global_batch else 1
+        if global_batch and global_batch % per_device:
+            logger.info("global batch %d is not a multiple of per_device_batch %d; using %d accumulation steps",
+                        global_batch, per_device, grad_accum)
+
+    max_length = _hp_number(hparams, "sequence_length", kind=int, minimum=8)
+    if max_length is None:
+        max_length = _hp_number(hparams, "max_length", kind=int, minimum=8)
+    if max_length is None:
+        max_length = 1024
+    if model_max_length:
+        max_length = min(max_length, model_max_length)
+
+    learning_rate = _hp_number(hparams, "learning_rate", minimum=0, exclusive_min=True)
+    if learning_rate is None:
+        learning_rate = DEFAULT_LR_LORA if kind == "lora" else DEFAULT_LR_FULL
+    warmup_ratio = _hp_number(hparams, "warmup_ratio", minimum=0, maximum=1)
+    warmup_steps = _hp_number(hparams, "warmup_steps", kind=int, minimum=0)
+    weight_decay = _hp_number(hparams, "weight_decay", minimum=0) or 0.0
+    max_grad_norm = _hp_number(hparams, "max_grad_norm", minimum=0)
+    scheduler = str(hparams.get("lr_scheduler_type") or hparams.get("lr_scheduler") or "linear")
+
+    total_steps = estimate_total_steps(n_examples, per_device, grad_accum, epochs or 1.0, max_steps)
+    on_gpu = device.startswith("cuda")
+    fp16 = on_gpu and _truthy(parallelism.get("fp16"))
+    bf16 = on_gpu and not fp16 and bf16_supported and parallelism.get("bf16") is not False and \
+        not _truthy(parallelism.get("fp16"))
+
+    config: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": float(epochs) if epochs is not None else 1.0,
+        "max_steps": max_steps if max_steps is not None else -1,
+        "per_device_train_batch_size": per_device,
+        "per_device_eval_batch_size": per_device,
+        "gradient_accumulation_steps": grad_accum,
+        "max_length": max_length,
+        "learning_rate": learning_rate,
+        "lr_scheduler_type": scheduler,
+        # transformers 5 dropped `warmup_ratio`; a float in [0, 1) passed as warmup_steps is a ratio
+        "warmup_steps": warmup_steps if warmup_steps is not None else min(warmup_ratio or 0.0, 0.999),
+        "weight_decay": weight_decay,
+        "logging_strategy": "steps",
+        "logging_steps": max(1, total_steps // MAX_LOGGED_POINTS),
+        "logging_first_step": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "data_seed": seed,
+        "packing": False,
+        "assistant_only_loss": False,  # labels are built by tokenize_example (assistant-only, weight-aware)
+        "completion_only_loss": False,
+        "use_cpu": not on_gpu,
+        "bf16": bf16,
+        "fp16": fp16,
+        # transformers 5 name (gradient_checkpointing is its deprecated alias; TRL defaults that one to True)
+        "activation_checkpointing": on_gpu and _truthy(parallelism.get("activation_checkpointing")),
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": on_gpu,
+        "include_num_input_tokens_seen": "non_padding",
+        "remove_unused_columns": True,
+        "log_level": "warning",
+    }
+    if max_grad_norm is not None:
+        config["max_grad_norm"] = max_grad_norm
+    if not on_gpu:
+        config["optim"] = "adamw_torch"
+    if has_eval:
+        strategy = str(hparams.get("evaluation_strategy") or "steps").lower()
+        eval_steps = _hp_number(hparams, "eval_steps", kind=int, minimum=0) or 0
+        if strategy == "steps" and eval_steps > 0:
+            config["eval_strategy"] = "steps"
+            config["eval_steps"] = eval_steps
+        elif strategy == "no":
+            config["eval_strategy"] = "no"  # still evaluated once at the end by run_training
+        else:  # "epoch", or "steps" with eval_steps 0: end of each epoch (and at the end)
+            config["eval_strategy"] = "epoch"
+    else:
+        config["eval_strategy"] = "no"
+    return config
+
+
+def build_lora_config(hparams: dict):
+    """``peft.LoraConfig`` from ``lora_rank`` / ``lora_alpha`` / ``lora_dropout`` / ``lora_target_modules``
+    (defaults r=16, alpha=32, dropout=0.05, all-linear: training-notes §8)."""
+    from peft import LoraConfig
+
+    hparams = hparams or {}
+    rank = _hp_number(hparams, "lora_rank", kind=int, minimum=1) or _hp_number(hparams, "lora_r", kind=int, minimum=1)
+    alpha = _hp_number(hparams, "lora_alpha", minimum=0, exclusive_min=True)
+    dropout = _hp_number(hparams, "lora_dropout", minimum=0, maximum=1)
+    targets = hparams.get("lora_target_modules")
+    if targets is None:
+        targets = DEFAULT_LORA["target_modules"]
+    elif isinstance(targets, str):
+        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    elif not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise TrainingError("invalid_hyperparameters", "lora_target_modules must be a list of module names or "
+                            "'all-linear'", "hyperparameters.lora_target_modules")
+    return LoraConfig(
+        r=rank or DEFAULT_LORA["r"],
+        lora_alpha=alpha if alpha is not None else DEFAULT_LORA["lora_alpha"],
+        lora_dropout=dropout if dropout is not None else DEFAULT_LORA["lora_dropout"],
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+
+def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[dict[str, Any]]:
+    """``[{"messages": [...], "tools": [...] | None}]`` from a JSONL file; ``metadata`` is dropped."""
+    records: list[dict[str, Any]] = []
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise TrainingError("invalid_dataset", f"cannot read dataset file {path}: {exc}", param) from exc
+    with handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise TrainingError("invalid_dataset", f"line {line_number}: invalid JSON ({exc})", param) from None
+            if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
+                raise TrainingError("invalid_dataset", f"line {line_number}: expected an object with a non-empty "
+                                    "messages[] list", param)
+            if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in row["messages"]):
+                raise TrainingError("invalid_dataset", f"line {line_number}: every message needs a string role",
+                                    param)
+            tools = row.get("tools")
+            if isinstance(tools, str):
+                try:
+                    tools = json.loads(tools)
+                except ValueError:
+                    raise TrainingError("invalid_dataset", f"line {line_number}: tools is a string but not JSON",
+                                        param) from None
+            if tools is not None and not isinstance(tools, list):
+                raise TrainingError("invalid_dataset", f"line {line_number}: tools must be a list", param)
+            records.append({"messages": row["messages"], "tools": tools or None, "line": line_number})
+    if not records:
+        raise TrainingError("invalid_dataset", f"dataset file {Path(path).name} contains no examples", param)
+    return records
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # -100 outside trained assistant tokens
+
+    @property
+    def trainable_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != -100)
+
+
+def assistant_spans(mask: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of 1 in an assistant mask, as ``[start, end)`` pairs."""
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
+    for index, bit in enumerate(list(mask) + [0]):
+        if bit and start is None:
+            start = index
+        elif not bit and start is not None:
+            spans.append((start, index))
+            start = None
+    return spans
+
+
+def flatten_multimodal(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Content lists → text (text parts' text, ``<image>`` for image parts), for templates that only
+    accept string content."""
+    flattened = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, (list, dict)):
+            parts = content if isinstance(content, list) else [content]
+            text = "".join(
+                part if isinstance(part, str)
+                else "<image>" if isinstance(part, dict) and part.get("type") in ("image", "image_url", "input_image")
+                else str(part.get("text", "")) if isinstance(part, dict) else ""
+                for part in parts
+            )
+            message = {**message, "content": text}
+        flattened.append(message)
+    return flattened
+
+
+def _render_ids(tokenizer, messages, tools, chat_template, **kwargs) -> dict[str, Any]:
+    return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, tokenize=True,
+                                         return_dict=True, **kwargs)
+
+
+def _is_untrained(message: dict[str, Any]) -> bool:
+    weight = message.get("weight")
+    return weight is not None and not isinstance(weight, str) and float(weight) == 0.0
+
+
+def tokenize_example(tokenizer, messages: list[dict[str, Any]], tools: list | None = None, *,
+                     chat_template: str | None = None, max_length: int | None = None) -> TokenizedExample:
+    """Token ids and assistant-only labels for one conversation; ``weight: 0`` assistant turns masked.
+
+    ``chat_template`` overrides the tokenizer's (pass TRL's training template for models whose own
+    template has no ``{% generation %}`` markers). Truncation keeps the start (TRL's ``keep_start``).
+    """
+    try:
+        rendered = _render_ids(tokenizer, messages, tools, chat_template, return_assistant_tokens_mask=True)
+    except Exception:
+        if not any(isinstance(m.get("content"), (list, dict)) for m in messages):
+            raise
+        messages = flatten_multimodal(messages)  # a template that only takes string content
+        rendered = _render_ids(tokenizer, messages, tools, chat_template, return_assistant_tokens_mask=True)
+    input_ids = list(rendered["input_ids"])
+    mask = list(rendered["assistant_masks"])
+    labels = [token if bit else -100 for token, bit in zip(input_ids, mask)]
+
+    assistant_indices = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    untrained = [i for i in assistant_indices if _is_untrained(messages[i])]
+    if untrained:
+        spans = assistant_spans(mask)
+        if len(spans) == len(assistant_indices):
+            span_of = dict(zip(assistant_indices, spans))
+            for index in untrained:
+                start, end = span_of[index]
+                labels[start:end] = [-100] * (end - start)
+        else:
+            # The template does not give one span per assistant turn (e.g. it renders some turns without
+            # markers): locate each weight-0 turn by rendering the conversation up to and through it.
+            logger.debug("assistant mask has %d spans for %d assistant turns; masking by prefix rendering",
+                         len(spans), len(assistant_indices))
+            for index in untrained:
+                start = len(_render_ids(tokenizer, messages[:index], tools, chat_template)["input_ids"]) if index else 0
+                end = len(_render_ids(tokenizer, messages[: index + 1], tools, chat_template)["input_ids"])
+                labels[start:end] = [-100] * max(0, min(end, len(labels)) - start)
+    if max_length is not None:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return TokenizedExample(input_ids=input_ids, labels=labels)
+
+
+@dataclass
+class PreparedData:
+    examples: list[TokenizedExample]
+    skipped: int
+    skipped_lines: list[int] = field(default_factory=list)
+
+    @property
+    def trainable_tokens(self) -> int:
+        return sum(example.trainable_tokens for example in self.examples)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(len(example.input_ids) for example in self.examples)
+
+    def to_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_dict({"input_ids": [e.input_ids for e in self.examples],
+                                  "labels": [e.labels for e in self.examples]})
+
+
+def prepare_examples(records: list[dict[str, Any]], tokenizer, *, chat_template: str | None, max_length: int,
+                     param: str = TRAINING_FILE_PARAM) -> PreparedData:
+    examples: list[TokenizedExample] = []
+    skipped_lines: list[int] = []
+    for record in records:
+        try:
+            example = tokenize_example(tokenizer, record["messages"], record.get("tools"),
+                                       chat_template=chat_template, max_length=max_length)
+        except Exception as exc:
+            raise TrainingError("invalid_dataset", f"line {record.get('line')}: the chat template could not render "
+                                f"this example ({type(exc).__name__}: {str(exc)[:300]})", param) from exc
+        if example.trainable_tokens == 0:
+            skipped_lines.append(record.get("line", -1))
+        else:
+            examples.append(example)
+    return PreparedData(examples=examples, skipped=len(skipped_lines), skipped_lines=skipped_lines)
+
+
+def training_chat_template(tokenizer) -> str | None:
+    """``None`` when the tokenizer's template has ``{% generation %}`` markers; else TRL's training
+    template for it (a TrainingError when TRL has none)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if not template:
+        raise TrainingError("model_not_supported", "the model's tokenizer has no chat template, so conversational "
+                            "data cannot be rendered; use an instruct/chat model", "model")
+    if has_generation_markers(template):
+        return None
+    try:
+        patched = get_training_chat_template(tokenizer)
+    except Exception as exc:
+        raise TrainingError(
+            "model_not_supported",
+            "the model's chat template has no {% generation %} markers and TRL ships no training template for it, "
+            f"so assistant-only loss is impossible ({exc}); use a model family TRL supports (Qwen, Llama 3, Gemma, "
+            "Phi-3, …)", "model") from exc
+    if not patched or not has_generation_markers(patched):
+        raise TrainingError("model_not_supported", "the model's chat template has no {% generation %} markers and "
+                            "TRL could not patch it, so assistant-only loss is impossible", "model")
+    return patched
+
+
+# --------------------------------------------------------------------------------------------------
+# trainer callback: events, metrics, cancellation, best-model snapshot
+# --------------------------------------------------------------------------------------------------
+
+
+class _CancelRequested(Exception):
+    pass
+
+
+def _make_callback(reporter: Reporter, *, keep_best: bool):
+    from transformers import TrainerCallback
+
+    class ReporterCallback(TrainerCallback):
+        """Forwards Trainer logs to the job store and polls ``reporter.should_stop()``."""
+
+        def __init__(self) -> None:
+            self.total_steps = 0
+            self.first_loss: float | None = None
+            self.last_loss: float | None = None
+            self.last_val_loss: float | None = None
+            self.last_eval_step: int | None = None
+            self.best_val_loss: float | None = None
+            self.best_step: int | None = None
+            self.best_state: dict[str, Any] | None = None
+            self.last_reported_step = -1
+
+        def _check_stop(self) -> None:
+            if reporter.should_stop():
+                raise _CancelRequested()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.total_steps = state.max_steps
+            self._check_stop()
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            self._check_stop()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._check_stop()
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            self._check_stop()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            step = int(state.global_step)
+            loss = float(logs["loss"])
+            epoch = float(logs["epoch"]) if logs.get("epoch") is not None else (state.epoch or 0.0)
+            self.first_loss = loss if self.first_loss is None else self.first_loss
+            self.last_loss = loss
+            self.last_reported_step = step
+            learning_rate = logs.get("learning_rate")
+            reporter.metric("train.loss", loss, step, epoch=epoch, phase="train")
+            data = {"step": step, "epoch": epoch, "loss": loss, "total_steps": self.total_steps}
+            if learning_rate is not None:
+                reporter.metric("train.learning_rate", float(learning_rate), step, epoch=epoch, phase="train")
+                data["learning_rate"] = float(learning_rate)
+            reporter.event("sft.progress", f"step {step}/{self.total_steps} loss {loss:.4f}", data)
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            metrics = metrics or {}
+            if "eval_loss" not in metrics:
+                return
+            step = int(state.global_step)
+            val_loss = float(metrics["eval_loss"])
+            self.last_val_loss, self.last_eval_step = val_loss, step
+            reporter.metric("val.loss", val_loss, step, epoch=state.epoch, phase="eval")
+            improved = self.best_val_loss is None or val_loss < self.best_val_loss
+            if improved:
+                self.best_val_loss, self.best_step = val_loss, step
+                if keep_best and model is not None:
+                    self.best_state = {name: p.detach().to("cpu", copy=True)
+                                       for name, p in model.named_parameters() if p.requires_grad}
+            data = {"val_loss": val_loss, "step": step, "best_val_loss": self.best_val_loss,
+                    "best_step": self.best_step}
+            reporter.event("sft.validation.summary", f"validation loss {val_loss:.4f} at step {step}", data)
+
+        def restore_best(self, model) -> bool:
+            if not self.best_state or self.best_step == self.last_eval_step:
+                return False
+            import torch
+
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self.best_state:
+                        param.copy_(self.best_state[name].to(param.device, param.dtype))
+            return True
+
+    return ReporterCallback()
+
+
+# --------------------------------------------------------------------------------------------------
+# orchestration
+# --------------------------------------------------------------------------------------------------
+
+
+def _qlora_unavailable_reason(device: str, resolved: ResolvedModel) -> str | None:
+    if not device.startswith("cuda"):
+        return "no CUDA GPU is available"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:
+        return f"bitsandbytes is not importable ({type(exc).__name__})"
+    if resolved.kind == "lora":
+        return "the base model is itself a LoRA adapter, whose merged weights cannot be loaded in 4 bit"
+    return None
+
+
+def _move_into_place(staging: Path, output_dir: Path) -> None:
+    """Rename ``staging`` to ``output_dir``; into an existing non-empty directory, move entries one by one
+    with the manifest last so its presence marks a complete model."""
+    from .modelref import MANIFEST_NAME
+
+    if output_dir.exists() and output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()
+    if not output_dir.exists():
+        os.replace(staging, output_dir)
+        return
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST_NAME)
+    for entry in entries:
+        target = output_dir / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+def _max_position_embeddings(resolved: ResolvedModel, models_dir: Path) -> int | None:
+    """The context size from the model's config.json (following LoRA adapters to their base)."""
+    try:
+        from transformers import AutoConfig
+
+        for _ in range(8):
+            if resolved.kind != "lora":
+                break
+            resolved = resolve_model(resolved.base_model or "", models_dir)
+        config = AutoConfig.from_pretrained(resolved.path, local_files_only=os.path.isdir(resolved.path))
+        return getattr(config.get_text_config(), "max_position_embeddings", None)
+    except Exception as exc:  # unknown: no clamp
+        logger.debug("could not read max_position_embeddings of %s: %s", resolved.id, exc)
+        return None
+
+
+def adapt_to_installed_sft_config(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Rename/drop ``build_sft_config`` keys the installed transformers/TRL does not know
+    (``activation_checkpointing`` and ratio-valued ``warmup_steps`` are transformers-5 spellings)."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    adapted = dict(kwargs)
+    if "activation_checkpointing" not in fields and "activation_checkpointing" in adapted:
+        adapted["gradient_checkpointing"] = adapted.pop("activation_checkpointing")
+    warmup = adapted.get("warmup_steps")
+    if "warmup_ratio" in fields and isinstance(warmup, float) and 0 < warmup < 1:
+        adapted["warmup_ratio"], adapted["warmup_steps"] = warmup, 0
+    for key in [k for k in adapted if k not in fields]:
+        logger.debug("SFTConfig has no %r; dropped", key)
+        adapted.pop(key)
+    return adapted
+
+
+def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v) for k, v in config.items()}
+
+
+def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
+    """Fine-tune ``req.model`` on ``req.train_path``; write the model to ``req.output_dir``.
+
+    Raises :class:`TrainingError` (job failure with code/message/param) or :class:`TrainingCancelled`.
+    """
+    started = time.perf_counter()
+    hparams = dict(req.hyperparameters or {})
+    effective_config = dict(req.effective_config or {})
+    if reporter.should_stop():
+        raise TrainingCancelled()
+
+    # -- model id → files ---------------------------------------------------------------------------
+    try:
+        check_loadable(req.model, req.models_dir)
+        resolved = resolve_model(req.model, req.models_dir)
+    except ModelRefError as exc:
+        raise TrainingError("model_not_loadable", exc.message, "model") from exc
+
+    kind, qlora_requested = select_strategy(hparams, effective_config)
+    parallelism = hparams.get("parallelism") if isinstance(hparams.get("parallelism"), dict) else {}
+    prefer_bf16 = None if parallelism.get("bf16") is None else _truthy(parallelism.get("bf16"))
+    device, weights_dtype = pick_device_and_dtype(False if _truthy(parallelism.get("fp16")) else prefer_bf16)
+    bf16_supported = str(weights_dtype) == "torch.bfloat16"
+
+    strategy = kind
+    strategy_reason = "train_kind/mode selects LoRA" if kind == "lora" else "full fine-tuning (train_kind fft)"
+    strategy_level = "info"
+    if qlora_requested:
+        unavailable = _qlora_unavailable_reason(device, resolved)
+        if unavailable:
+            strategy_reason = f"QLoRA was requested (use_qlora=true) but runs as LoRA because {unavailable}"
+            strategy_level = "warning"
+        else:
+            strategy, strategy_reason = "qlora", "QLoRA: 4-bit NF4 base (bitsandbytes) + LoRA adapters"
+
+    # -- tokenizer and data -------------------------------------------------------------------------
+    try:
+        tokenizer = load_tokenizer(resolved)
+    except Exception as exc:
+        raise TrainingError("model_not_loadable", f"cannot load the tokenizer of {req.model!r}: {exc}", "model") from exc
+    chat_template = training_chat_template(tokenizer)
+
+    train_records = load_jsonl_records(req.train_path, param=TRAINING_FILE_PARAM)
+    validation_enabled = ((effective_config.get("training") or {}).get("validation") or {}).get("enabled", True)
+    val_records = None
+    if req.validation_path is not None and validation_enabled is not False:
+        val_records = load_jsonl_records(req.validation_path, param=VALIDATION_FILE_PARAM)
+
+    model_max_length = _max_position_embeddings(resolved, req.models_dir)
+    provisional = build_sft_config(hparams, len(train_records), device, kind=kind, has_eval=val_records is not None,
+                                   seed=req.seed, model_max_length=model_max_length, bf16_supported=bf16_supported)
+    max_length = provisional["max_length"]
+    train_data = prepare_examples(train_records, tokenizer, chat_template=chat_template, max_length=max_length)
+    val_data = None
+    notes: list[str] = []
+    if val_records is not None:
+        val_data = prepare_examples(val_records, tokenizer, chat_template=chat_template, max_length=max_length,
+                                    param=VALIDATION_FILE_PARAM)
+        if not val_data.examples:
+            notes.append("the validation file has no trainable assistant tokens, so validation is skipped")
+            val_data = None
+    if not train_data.examples:
+        raise TrainingError(
+            "no_trainable_examples",
+            f"none of the {len(train_records)} training examples has an assistant token to train on (every assistant "
+            f"message has weight 0, or sequence_length {max_length} truncates them away); add assistant turns with "
+            "weight 1 or raise sequence_length", TRAINING_FILE_PARAM)
+    if train_data.skipped:
+        notes.insert(0, f"skipped {train_data.skipped} training example(s) with no trainable assistant tokens "
+                        f"(lines {', '.join(map(str, train_data.skipped_lines[:10]))}"
+                        f"{', …' if train_data.skipped > 10 else ''})")
+
+    staging = req.output_dir.parent / f".{req.output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    sft_kwargs = build_sft_config(hparams, len(train_data.examples), device, kind=kind,
+                                  has_eval=val_data is not None, output_dir=staging / "trainer", seed=req.seed,
+                                  model_max_length=model_max_length, bf16_supported=bf16_supported)
+    keep_best = val_data is not None and _truthy(hparams.get("save_best_model_at_end"))
+    reporter.event("sft.config.prepared", "; ".join([f"prepared {len(train_data.examples)} training examples"] + notes), {
+        "model": req.model, "model_kind": resolved.kind, "examples": len(train_data.examples),
+        "skipped": train_data.skipped, "skipped_lines": train_data.skipped_lines[:50],
+        "validation_examples": len(val_data.examples) if val_data else 0,
+        "max_length": max_length, "trainable_tokens": train_data.trainable_tokens,
+        "total_tokens": train_data.total_tokens, "assistant_only_loss": True,
+        "chat_template": "model" if chat_template is None else "trl-training-template",
+    }, level="warning" if notes else "info")
+    dtype_name = str(weights_dtype).replace("torch.", "")
+    if strategy == "qlora":
+        dtype_name = "nf4"
+    reporter.event("sft.strategy.selected", strategy_reason,
+                   {"strategy": strategy, "device": device, "dtype": dtype_name,
+                    "requested": "qlora" if qlora_requested else kind}, level=strategy_level)
+    reporter.event("sft.training.args", "SFTConfig prepared", _json_safe(sft_kwargs))
+    if reporter.should_stop():
+        raise TrainingCancelled()
+
+    # -- model, trainer, training -------------------------------------------------------------------
+    from transformers import set_seed
+
+    set_seed(req.seed)
+    with warnings.catch_warnings(), progress_bars_disabled():
+        # peft 0.21 reads `model.is_gradient_checkpointing`, deprecated in transformers 5: noise, not news
+        warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
+        return _train_and_save(req, reporter, started=started, resolved=resolved, strategy=strategy, kind=kind,
+                               tokenizer=tokenizer, train_data=train_data, val_data=val_data, sft_kwargs=sft_kwargs,
+                               staging=staging, keep_best=keep_best, weights_dtype=weights_dtype,
+                               bf16_supported=bf16_supported, device=device)
+
+
+def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, resolved: ResolvedModel, strategy: str,
+                    kind: str, tokenizer, train_data: PreparedData, val_data: PreparedData | None,
+                    sft_kwargs: dict[str, Any], staging: Path, keep_best: bool, weights_dtype: Any,
+                    bf16_supported: bool, device: str) -> TrainResult:
+    import torch
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import SFTConfig, SFTTrainer
+
+    hparams = dict(req.hyperparameters or {})
+    trainer = model = None
+    try:
+        try:
+            if strategy == "qlora":
+                from peft import prepare_model_for_kbit_training
+                from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+                quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                  bnb_4bit_use_double_quant=True,
+                                                  bnb_4bit_compute_dtype=torch.bfloat16 if bf16_supported else torch.float16)
+                model = AutoModelForCausalLM.from_pretrained(resolved.path, quantization_config=quantization,
+                                                             dtype=weights_dtype, device_map={"": 0})
+                model = prepare_model_for_kbit_training(
+                    model, use_gradient_checkpointing=bool(sft_kwargs["activation_checkpointing"]))
+            else:
+                load_dtype = torch.float32 if sft_kwargs["fp16"] else weights_dtype
+                model = load_model_weights(resolved, req.models_dir, load_dtype)
+        except (TrainingError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            raise TrainingError("model_not_loadable", f"cannot load the weights of {req.model!r}: "
+                                f"{type(exc).__name__}: {exc}", "model") from exc
+
+        callback = _make_callback(reporter, keep_best=keep_best)
+        peft_config = build_lora_config(hparams) if kind == "lora" else None
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**adapt_to_installed_sft_config(sft_kwargs)),
+            train_dataset=train_data.to_dataset(),
+            eval_dataset=val_data.to_dataset() if val_data else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
+        for noisy in (PrinterCallback, ProgressCallback):  # they print() to stdout
+            trainer.remove_callback(noisy)
+        total_steps = estimate_total_steps(len(train_data.examples), sft_kwargs["per_device_train_batch_size"],
+                                           sft_kwargs["gradient_accumulation_steps"], sft_kwargs["num_train_epochs"],
+                                           sft_kwargs["max_steps"] if sft_kwargs["max_steps"] > 0 else None)
+        reporter.event("sft.training.started", f"training {strategy} for {total_steps} steps on {device}", {
+            "total_steps": total_steps, "examples": len(train_data.examples), "skipped": train_data.skipped,
+            "strategy": strategy, "device": device})
+
+        train_started = time.perf_counter()
+        try:
+            with cpu_threads_for(model, device):
+                output = trainer.train()
+                if val_data is not None and callback.last_eval_step != trainer.state.global_step:
+                    trainer.evaluate()
+        except _CancelRequested:
+            raise TrainingCancelled(int(trainer.state.global_step)) from None
+        train_seconds = time.perf_counter() - train_started
+        restored = keep_best and callback.restore_best(trainer.model)
+
+        steps = int(trainer.state.global_step)
+        train_tokens = int(trainer.state.num_input_tokens_seen or 0)
+        val_loss = callback.best_val_loss if restored else callback.last_val_loss
+        if reporter.should_stop():
+            raise TrainingCancelled(steps)
+
+        # -- save ----------------------------------------------------------------------------------
+        staging.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+        save_model = trainer.model
+        save_model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        base_model = resolved.path if resolved.kind == "base" and Path(resolved.path).is_dir() else req.model
+        result = TrainResult(
+            output_dir=req.output_dir, steps=steps, train_loss=callback.last_loss, val_loss=val_loss,
+            train_tokens=train_tokens, skipped_examples=train_data.skipped,
+            seconds=time.perf_counter() - started, kind=kind,
+            train_loss_mean=float(output.training_loss) if output.training_loss is not None else None,
+            examples=len(train_data.examples), trainable_tokens=train_data.trainable_tokens,
+            tokens_per_second=train_tokens / train_seconds if train_seconds > 0 else None,
+        )
+        write_manifest(staging, {
+            "id": req.fine_tuned_model_id, "object": "model", "kind": kind, "base_model": base_model,
+            "job_id": req.job_id, "created_at": int(time.time()), "strategy": strategy,
+            "training": {"steps": steps, "train_loss": result.train_loss, "val_loss": val_loss,
+                         "best_step": callback.best_step if restored else None,
+                         "train_tokens": train_tokens, "examples": result.examples,
+                         "skipped_examples": train_data.skipped, "seconds": round(result.seconds, 3),
+                         "hyperparameters": hparams},
+        })
+        _move_into_place(staging, req.output_dir)
+        finish_data = {"steps": steps, "train_loss": result.train_loss, "train_loss_mean": result.train_loss_mean,
+                       "first_loss": callback.first_loss, "val_loss": val_loss, "train_tokens": train_tokens,
+                       "tokens_per_second": result.tokens_per_second, "seconds": round(result.seconds, 3),
+                       "output_dir": str(req.output_dir), "kind": kind}
+        if restored:
+            finish_data["best_step"] = callback.best_step
+        reporter.event("sft.training.finish", f"training finished after {steps} steps"
+                       + (f"; restored the best checkpoint (step {callback.best_step})" if restored else ""),
+                       finish_data)
+        return result
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrainingError(
+            "out_of_memory",
+            f"the GPU ran out of memory ({str(exc).splitlines()[0][:200]}); lower hyperparameters.per_device_batch "
+            f"(now {sft_kwargs['per_device_train_batch_size']}) or sequence_length (now {sft_kwargs['max_length']}), "
+            "raise gradient_accumulation_steps to keep the global batch, or train with LoRA/QLoRA",
+            "hyperparameters.per_device_batch") from exc
+    except (TrainingError, TrainingCancelled):
+        raise
+    except Exception as exc:
+        logger.exception("training failed")
+        raise TrainingError("training_failed", f"training failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        del trainer, model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
