@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):  # one line per request drowns what matters
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "backend":
         from learning_mcp.backend.launcher import serve
 
