@@ -39,6 +39,7 @@ class LoopRow(BaseModel):
     problems: int | None
     solved: int | None = Field(description="train problems with at least one correct sample")
     kept: int | None = Field(description="samples kept by the filter (the SFT set)")
+    file_id: str | None = Field(None, description="the uploaded kept set")
     job_id: str | None
     fine_tuned_model: str | None
     final_train_loss: float | None
@@ -102,7 +103,7 @@ class FilterResult(BaseModel):
 
 def _row(record: IterationRecord) -> LoopRow:
     return LoopRow(iteration=record.iteration, step=record.step, model=record.sampler_model, samples=record.samples,
-                   problems=record.problems, solved=record.solved, kept=record.kept, job_id=record.job_id,
+                   problems=record.problems, solved=record.solved, kept=record.kept, file_id=record.file_id, job_id=record.job_id,
                    fine_tuned_model=record.fine_tuned_model, final_train_loss=record.final_train_loss,
                    val_pass_at_1=record.val_pass_at_1, seconds=round(record.seconds, 1))
 
