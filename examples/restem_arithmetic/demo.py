@@ -133,10 +133,17 @@ async def run_demo(args: argparse.Namespace) -> dict:
 def stop_backend(data_dir: Path) -> None:
     """Stop the embedded backend the server started for this demo (it is detached on purpose)."""
     try:
-        info = json.loads((data_dir / "backend.json").read_text())
-        os.kill(int(info["pid"]), signal.SIGTERM)
+        pid = int(json.loads((data_dir / "backend.json").read_text())["pid"])
+        os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError, KeyError):
-        pass
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
