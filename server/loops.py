@@ -386,7 +386,7 @@ def register_loop_tools(server: MCPServer) -> None:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
                                                          "tasks (or a config TOML with [loop]).") from None
-            if not Path(cfg.tasks).is_file():
+            if cfg.tasks and not Path(cfg.tasks).is_file():
                 raise ToolFailure("tasks_not_found", f"task file not found: {cfg.tasks}")
             state = await manager(ctx).start(cfg)
             state = await manager(ctx).wait(state.loop_id, wait_seconds, ctx)

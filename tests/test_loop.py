@@ -10,6 +10,8 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from mcp import Client
 
 from conftest import wait_job, write_jsonl
@@ -230,3 +232,53 @@ async def test_eval_and_filter_tools(backend, seed_model, tmp_path):
         assert fl["written"] == fl["counts"]["written"] == ev["solved_any"] and fl["valid"]
         r = await client.call_tool("validate_dataset", {"path": fl["output"], "min_messages": 2})
         assert r.structured_content["ok"]
+
+
+def one_digit_task_app(env_key: str):
+    """A Synth-style task app: seed s asks (s // 10) + (s % 10); it calls the policy's inference_url itself."""
+    app = FastAPI()
+
+    @app.post("/rollout")
+    async def rollout(request: Request):
+        if request.headers.get("x-api-key") != env_key:
+            return JSONResponse({"detail": "Invalid or missing API key"}, status_code=401)
+        body = await request.json()
+        seed = body["env"]["seed"]
+        a, b = (seed // 10) % 10, seed % 10
+        messages = [{"role": "user", "content": f"{a}+{b}=?"}]
+        config = body["policy"]["config"]
+        async with httpx.AsyncClient(timeout=60) as client:
+            reply = await client.post(config["inference_url"], json={
+                "model": config["model"], "messages": messages, "max_tokens": 4,
+                "temperature": config.get("temperature", 0.0)})
+        text = reply.json()["choices"][0]["message"]["content"]
+        reward = 1.0 if text.strip() == str(a + b) else 0.0
+        return {"run_id": body["run_id"], "trajectories": [], "metrics": {"mean_return": reward, "num_episodes": 1},
+                "aborted": False, "ops_executed": 2,
+                "trace": {"session_trace": {"session_id": f"s{seed}", "markov_blanket_message_history": [
+                    {"message_type": "user", "content": {"text": messages[0]["content"]}},
+                    {"message_type": "assistant", "content": {"text": text}}]}}}
+
+    return app
+
+
+async def test_loop_with_a_task_app_as_the_environment(backend, seed_model, tmp_path, monkeypatch):
+    from chat_stub import serve_asgi
+
+    monkeypatch.setenv("ENVIRONMENT_API_KEY", "env-secret")
+    base_url, stop = serve_asgi(one_digit_task_app("env-secret"))
+    try:
+        cfg = tmp_path / "loop.toml"
+        cfg.write_text(f'[loop]\ntask_app_url = "{base_url}"\ntrain_seeds = {list(range(20, 100))}\n'
+                       f'val_seeds = {list(range(0, 20))}\niterations = 1\ntemperature = 1.0\n')
+        async with Client(server(backend, tmp_path / "mcp")) as client:
+            r = await client.call_tool("run_sft_loop", {"config": str(cfg), "base_model": seed_model,
+                                                        "hyperparameters": LOOP_HP, "wait_seconds": 0})
+            assert not r.is_error, r.content[0].text
+            st = await wait_loop(client, r.structured_content["loop_id"])
+    finally:
+        stop()
+    assert st["state"] == "succeeded", st
+    row = st["table"][0]
+    assert row["problems"] == 80 and row["kept"] and row["fine_tuned_model"]
+    assert st["base_val_pass_at_1"] is not None and row["val_pass_at_1"] is not None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools.client import LearningAPIError, LearningClient
@@ -49,7 +49,8 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_model: str = Field(description="base model id / local path / ft: id to start from")
-    tasks: str = Field(description="JSONL of problems: id, messages or prompt, answer, optional split")
+    tasks: str | None = Field(None, description="JSONL of problems: id, messages or prompt, answer, optional split "
+                                                "(not needed with a task app)")
     verifier: str | dict = Field("exact", description="exact | numeric | boxed | answer | module:function | {...}")
     iterations: int = Field(3, ge=1, le=50)
     reset_to_base: bool = Field(True, description="each M-step trains from the base model (ReST-EM)")
@@ -81,6 +82,24 @@ class LoopConfig(BaseModel):
     # where to sample from (default: the learning API's own inference endpoint)
     chat_url: str | None = None
     chat_api_key_env: str | None = Field(None, description="env var holding the chat endpoint's key")
+    # or: a Synth task app is the environment (POST /rollout with X-API-Key; learning-api.md §6)
+    task_app_url: str | None = None
+    task_app_api_key_env: str = "ENVIRONMENT_API_KEY"
+    env_name: str | None = None
+    policy_name: str | None = None
+    train_seeds: list[int] = Field(default_factory=list)
+    val_seeds: list[int] = Field(default_factory=list)
+    max_llm_calls: int = Field(10, ge=1)
+    env_config: dict[str, Any] = Field(default_factory=dict)
+    policy_config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_tasks_or_task_app(self) -> "LoopConfig":
+        if not self.tasks and not self.task_app_url:
+            raise ValueError("pass tasks (a JSONL of problems) or task_app_url (a Synth task app)")
+        if self.task_app_url and not self.train_seeds:
+            raise ValueError("a task app loop needs train_seeds (and usually val_seeds)")
+        return self
 
 
 class IterationRecord(BaseModel):
@@ -249,7 +268,7 @@ class LoopRunner:
 
     # -- the loop --------------------------------------------------------------------------------------
     async def run(self) -> LoopState:
-        from learning_mcp.tools.evaluate import ChatEndpointError
+        from learning_mcp.tools.evaluate import ChatEndpointError, TaskAppError
         from learning_mcp.tools.rewards import VerifierError
         from learning_mcp.tools.tasks import TaskFileError
 
@@ -269,6 +288,8 @@ class LoopRunner:
             await self._fail("chat_endpoint_error", f"sampling failed: {exc}")
         except TaskFileError as exc:
             await self._fail("invalid_tasks", f"the task file is invalid: {exc}")
+        except TaskAppError as exc:
+            await self._fail("task_app_error", f"the task app failed: {exc}")
         except ToolFailure as exc:
             await self._fail(exc.code, exc.message)
         except LearningAPIError as exc:
@@ -301,14 +322,17 @@ class LoopRunner:
         from learning_mcp.tools.traces import TraceStore
 
         cfg = self.cfg
-        tasks = await anyio.to_thread.run_sync(lambda: load_tasks(cfg.tasks))
-        train, val = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+        if cfg.task_app_url:  # the environment is a task app: problems are seeds, the app scores rollouts
+            train, val, verifier = list(cfg.train_seeds), list(cfg.val_seeds), None
+        else:
+            tasks = await anyio.to_thread.run_sync(lambda: load_tasks(cfg.tasks))
+            train, val = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+            verifier = make_verifier(cfg.verifier, base_dir=Path(cfg.tasks).parent)
         train = train[: cfg.max_train_problems] if cfg.max_train_problems else train
         val = val[: cfg.max_val_problems] if cfg.max_val_problems else val
         if not train:
             raise ToolFailure("no_train_problems", "the task set has no train problems after the split")
         self.state.train_problems, self.state.val_problems = len(train), len(val)
-        verifier = make_verifier(cfg.verifier, base_dir=Path(cfg.tasks).parent)
         store = TraceStore(self.dir / "traces.sqlite")
         try:
             if val and self.state.base_val_pass_at_1 is None:
@@ -369,6 +393,18 @@ class LoopRunner:
                                     stop=cfg.stop, seed=None if cfg.seed is None else cfg.seed + iteration)
         api_key = os.environ.get(cfg.chat_api_key_env) if cfg.chat_api_key_env else self.client.target.api_key
         chat_url = cfg.chat_url or self.client.target.chat_url
+        if cfg.task_app_url:
+            from learning_mcp.tools.evaluate import evaluate_task_app
+
+            return await evaluate_task_app(
+                tasks, task_app_url=cfg.task_app_url, env_api_key=os.environ.get(cfg.task_app_api_key_env),
+                model=model, inference_url=chat_url, store=store, run_id=self.state.loop_id, iteration=iteration,
+                phase=phase, env_name=cfg.env_name, policy_name=cfg.policy_name,
+                split="validation" if phase == "val_eval" else "train", max_llm_calls=cfg.max_llm_calls,
+                env_config=cfg.env_config,
+                policy_config={"temperature": settings.temperature, "max_tokens": settings.max_tokens,
+                               **({} if greedy else {"top_p": settings.top_p}), **cfg.policy_config},
+                concurrency=cfg.eval_concurrency, reward_threshold=cfg.reward_threshold)
         return await evaluate(tasks, chat_url=chat_url, model=model, verifier=verifier, settings=settings,
                               store=store, run_id=self.state.loop_id, iteration=iteration, phase=phase,
                               api_key=api_key, concurrency=cfg.eval_concurrency, greedy=greedy)
