@@ -7,54 +7,8 @@ import httpx
 
 from conftest import arithmetic_rows, wait_file_ready, wait_job, write_jsonl
 from learning_mcp.tools.sft_config import build_sft_plan
+from test_sft_config import REFERENCE_TOML  # learning-api.md §4.4, verbatim
 
-REFERENCE_TOML = """
-[algorithm]
-type = "offline"
-method = "sft"
-variety = "fft"
-
-[job]
-model = "Qwen/Qwen3-0.6B"
-
-[compute]
-gpu_type = "H100"
-gpu_count = 1
-nodes = 1
-
-[data]
-topology = {}
-
-[training]
-mode = "sft_offline"
-use_qlora = false
-
-[training.validation]
-enabled = true
-evaluation_strategy = "steps"
-eval_steps = 50
-save_best_model_at_end = true
-metric_for_best_model = "val.loss"
-greater_is_better = false
-
-[hyperparameters]
-n_epochs = 1
-train_kind = "fft"
-per_device_batch = 1
-gradient_accumulation_steps = 32
-sequence_length = 4096
-learning_rate = 1e-5
-warmup_ratio = 0.03
-weight_decay = 0.01
-
-[hyperparameters.parallelism]
-use_deepspeed = true
-deepspeed_stage = 2
-fsdp = false
-bf16 = true
-fp16 = false
-activation_checkpointing = true
-"""
 
 
 def upload(api, path):
