@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import threading
@@ -40,8 +41,11 @@ from learning_mcp.backend.store import TERMINAL_STATUSES, Store
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024**3
-PUBLIC_JOB_KEYS = ("id", "job_id", "object", "status", "model", "training_type", "training_file_id",
-                   "validation_file_id", "hyperparameters", "metadata", "fine_tuned_model", "error", "trained_tokens",
+MAX_CURSOR = 2**63 - 1  # SQLite INTEGER range
+TERMINAL_EVENT_TYPES = frozenset({"sft.job.completed", "sft.job.failed", "sft.job.cancelled", "workflow.completed",
+                                  "workflow.failed", "workflow.cancelled"})
+PUBLIC_JOB_KEYS = ("id", "job_id", "object", "status", "fine_tuned_model", "model", "training_type", "training_file_id",
+                   "validation_file_id", "hyperparameters", "metadata", "error", "trained_tokens",
                    "created_at", "updated_at", "started_at", "finished_at", "start_requested", "cancel_requested")
 
 
@@ -337,15 +341,50 @@ def register_routes(app: FastAPI, backend: Backend) -> None:
                 "fine_tuned_model": job["fine_tuned_model"]}
 
     @app.get("/api/learning/jobs/{job_id}/events", tags=["jobs"])
-    async def job_events(job_id: str, since_seq: int = Query(0, ge=0), limit: int = Query(200, ge=1, le=1000)) -> dict:
+    async def job_events(job_id: str, since_seq: int = Query(0, ge=0, le=MAX_CURSOR),
+                         limit: int = Query(200, ge=1, le=1000)) -> dict:
         get_job_or_404(job_id)
         events = store.list_events(job_id, since_seq=since_seq, limit=limit)
         next_seq = events[-1]["seq"] if events else since_seq
         return {"job_id": job_id, "events": events, "next_seq": next_seq,
                 "has_more": bool(events) and next_seq < store.last_event_seq(job_id)}
 
+    @app.get("/api/learning/jobs/{job_id}/events/stream", tags=["jobs"])
+    async def job_events_stream(job_id: str, since_seq: int = Query(0, ge=0, le=MAX_CURSOR)):
+        """Server-sent events: one ``data: <event JSON>`` block per event, ending after the terminal event
+        (the stream ``synth-ai train`` 0.3.5+ reads; polling ``/events`` is the primary contract)."""
+        import anyio
+        from starlette.responses import StreamingResponse
+
+        get_job_or_404(job_id)
+
+        async def stream():
+            cursor, idle = since_seq, 0.0
+            yield ": connected\n\n"
+            while True:
+                events = store.list_events(job_id, since_seq=cursor, limit=200)
+                for event in events:
+                    cursor = event["seq"]
+                    yield f"data: {json.dumps(event)}\n\n"
+                    if event["type"] in TERMINAL_EVENT_TYPES:
+                        return
+                if not events:
+                    job = store.get_job(job_id)
+                    if job is None or (job["status"] in TERMINAL_STATUSES
+                                       and cursor >= store.last_event_seq(job_id)):
+                        return
+                    await anyio.sleep(0.5)
+                    idle += 0.5
+                    if idle >= 15:
+                        idle = 0.0
+                        yield ": keep-alive\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     @app.get("/api/learning/jobs/{job_id}/metrics", tags=["jobs"])
-    async def job_metrics(job_id: str, after_step: int = Query(-1, ge=-1), limit: int = Query(500, ge=1, le=5000),
+    async def job_metrics(job_id: str, after_step: int = Query(-1, ge=-1, le=MAX_CURSOR),
+                          limit: int = Query(500, ge=1, le=5000),
                           name: str | None = None, run_id: str | None = None) -> dict:
         get_job_or_404(job_id)
         return {"job_id": job_id, "points": store.list_metrics(job_id, after_step=after_step, limit=limit, name=name)}

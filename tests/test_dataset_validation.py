@@ -126,7 +126,9 @@ def test_synth_rules_with_default_min_messages_two(synth_file: Path) -> None:
 
 
 def test_one_synth_error_per_record_even_with_our_problems() -> None:
-    record = {"messages": [{"role": "wizard", "content": "x", "weight": 3}, {"role": "user", "content": "y", "name": 1}]}
+    record = {
+        "messages": [{"role": "wizard", "content": "x", "weight": 3}, {"role": "user", "content": "y", "name": 1}]
+    }
     assert validate_record(record) == [("name_not_string", "message 1 name must be a string if present")]
 
 
@@ -470,7 +472,9 @@ def test_examples_limit_counts_non_blank_records(tmp_path: Path) -> None:
     report = validate_jsonl(path, examples=3)
     assert report.examples == 3
     assert [(line, code) for line, code, _ in issues(report)] == [(3, "record_not_object")]
-    assert report.warnings[0] == "validated only the first 3 examples (examples=3); the rest of the file was not checked"
+    assert report.warnings[0] == (
+        "validated only the first 3 examples (examples=3); the rest of the file was not checked"
+    )
     with pytest.raises(ValueError, match="Example limit must be positive"):
         validate_jsonl(path, examples=0)
 
