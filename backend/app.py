@@ -349,7 +349,7 @@ def register_routes(app: FastAPI, backend: Backend) -> None:
         return {"job_id": job_id, "events": events, "next_seq": next_seq,
                 "has_more": bool(events) and next_seq < store.last_event_seq(job_id)}
 
-    @app.get("/api/learning/jobs/{job_id}/events/stream", tags=["jobs"])
+    @app.get("/api/learning/jobs/{job_id}/events/stream", include_in_schema=False)
     async def job_events_stream(job_id: str, since_seq: int = Query(0, ge=0, le=MAX_CURSOR)):
         """Server-sent events: one ``data: <event JSON>`` block per event, ending after the terminal event
         (the stream ``synth-ai train`` 0.3.5+ reads; polling ``/events`` is the primary contract)."""

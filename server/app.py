@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Iterator
+from typing import Annotated, AsyncIterator, Iterator
 
 import anyio
 from anyio.abc import TaskGroup
@@ -304,10 +303,11 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
             job_id=job_id, status=status, terminal=status in TERMINAL_STATUSES, fine_tuned_model=ftm,
             model=rec.get("model") or rec.get("model_id"), progress=progress, latest_metrics=snap.latest_metrics,
             events=[JobEvent(**job_ops.compact_event(e)) for e in snap.events], next_since_seq=snap.next_since_seq,
-            more_events=snap.more_events, error=rec.get("error") if status == "failed" or status == "cancelled" else None,
+            more_events=snap.more_events,
+            error=job_ops.error_dict(rec.get("error")) if status == "failed" or status == "cancelled" else None,
             failure_kind=job_ops.failure_kind(status, rec.get("error")),
-            next_poll_seconds=job_ops.next_poll_seconds(status), created_at=rec.get("created_at"),
-            finished_at=rec.get("finished_at"), next_step=status_next_step(status, ftm, job_id))
+            next_poll_seconds=job_ops.next_poll_seconds(status), created_at=job_ops.time_text(rec.get("created_at")),
+            finished_at=job_ops.time_text(rec.get("finished_at")), next_step=status_next_step(status, ftm, job_id))
         bits = [f"job {job_id}: {status}"]
         if progress and progress.step is not None:
             bits.append(f"step {progress.step}/{progress.total_steps}" + (f", loss {progress.loss:.4g}"
@@ -315,7 +315,8 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
         if ftm:
             bits.append(f"fine_tuned_model {ftm}")
         if status == "failed" and rec.get("error"):
-            bits.append(f"error: {rec['error'].get('message') if isinstance(rec['error'], dict) else rec['error']}")
+            message = rec["error"].get("message") if isinstance(rec["error"], dict) else rec["error"]
+            bits.append(f"error: {' '.join(str(message).split())}")  # the summary stays one line
         return result(model, "; ".join(bits))
 
     # -- cancel_job / list_jobs ------------------------------------------------------------------------
@@ -350,9 +351,10 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
             api = await state_of(ctx).client()
             jobs = await api.list_jobs(status=status, limit=limit)
         model = JobListResult(backend=api.target.describe(), jobs=[
-            JobSummary(job_id=job_id_of(j) or "?", status=j.get("status") or "?", model=j.get("model"),
-                       fine_tuned_model=j.get("fine_tuned_model"), created_at=j.get("created_at"),
-                       finished_at=j.get("finished_at")) for j in jobs])
+            JobSummary(job_id=job_id_of(j) or "?", status=j.get("status") or "?",
+                       model=j.get("model") or j.get("model_id"), fine_tuned_model=j.get("fine_tuned_model"),
+                       created_at=job_ops.time_text(j.get("created_at")),
+                       finished_at=job_ops.time_text(j.get("finished_at"))) for j in jobs])
         return result(model, f"{len(model.jobs)} job(s) on {api.target.describe()}")
 
     # -- diagnose --------------------------------------------------------------------------------------
@@ -399,7 +401,7 @@ def register_resources(server: MCPServer) -> None:
         from learning_mcp.tools import models_registry as reg
 
         return json.dumps({"sft_supported": sorted(reg.SFT_SUPPORTED_MODELS),
-                           "experimental": sorted(reg.EXPERIMENTAL_MODELS)}, indent=1)
+                           "experimental": sorted(reg.experimental_models())}, indent=1)
 
     @server.resource("learning://jobs/{job_id}", name="job", mime_type="application/json",
                      description="A job's full record on the learning API")

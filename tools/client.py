@@ -39,6 +39,13 @@ FILE_PENDING = frozenset({"processing", "pending", "validating"})
 ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 
 
+def path_segment(value: str) -> str:
+    """One URL path segment: ids are opaque, so ``/``, ``..`` and friends must not change the route."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
+
+
 def normalize_status(status: str | None) -> str:
     status = (status or "").lower()
     return STATUS_ALIASES.get(status, status)
@@ -82,20 +89,21 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * (2**attempt)))
 
 
-def _detail_of(response: httpx.Response) -> tuple[str, str | None, str | None]:
-    """(detail, code, param) from an error body, the way Synth clients read it."""
+def _detail_of(response: httpx.Response, secrets: tuple | list = ()) -> tuple[str, str | None, str | None]:
+    """(detail, code, param) from an error body, the way Synth clients read it. ``secrets`` are redacted before
+    the detail is cut to length, so a cut can never leave the first part of a secret behind."""
     try:
         body = response.json()
     except ValueError:
-        text = response.text.strip()
+        text = redact(response.text.strip(), list(secrets))
         return (text[:300] or response.reason_phrase or "no body"), None, None
     if not isinstance(body, dict):
-        return str(body)[:300], None, None
+        return redact(str(body), list(secrets))[:300], None, None
     err = body.get("error") if isinstance(body.get("error"), dict) else {}
     detail = body.get("detail") or body.get("message") or err.get("message") or body.get("error")
     if isinstance(detail, list):  # FastAPI validation list
         detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail if isinstance(d, dict))
-    return str(detail)[:1000], err.get("code"), err.get("param")
+    return redact(str(detail), list(secrets))[:1000], err.get("code"), err.get("param")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -188,7 +196,7 @@ class LearningClient:
             else:
                 if response.status_code < 400:
                     return response
-                detail, code, param = _detail_of(response)
+                detail, code, param = _detail_of(response, [self.target.api_key])
                 last_error = LearningAPIError(response.status_code, method, "/" + path,
                                               redact(detail, [self.target.api_key]), code=code, param=param,
                                               retry_after=_retry_after(response))
@@ -222,14 +230,18 @@ class LearningClient:
         def report(done: int) -> None:
             progress_state["last"] = done
 
+        opened: list = []
+
         def build_files() -> dict:
-            reader = _CountingReader(open(path, "rb"), total, report)
-            return {"file": (path.name, reader, content_type_for(path))}
+            fh = open(path, "rb")
+            opened.append(fh)  # closed below: one handle per attempt, none left to the garbage collector
+            return {"file": (path.name, _CountingReader(fh, total, report), content_type_for(path))}
 
         async def _post(route: str) -> httpx.Response:
             if on_progress is None:
                 return await self._request("POST", route, retry=True, build_files=build_files,
                                            data={"purpose": purpose}, timeout=self.upload_timeout_s)
+            outcome: dict[str, Any] = {}
             async with anyio.create_task_group() as tg:
                 async def pump() -> None:
                     sent = -1
@@ -243,17 +255,29 @@ class LearningClient:
 
                 tg.start_soon(pump)
                 try:
-                    return await self._request("POST", route, retry=True, build_files=build_files,
-                                               data={"purpose": purpose}, timeout=self.upload_timeout_s)
+                    outcome["response"] = await self._request("POST", route, retry=True, build_files=build_files,
+                                                              data={"purpose": purpose},
+                                                              timeout=self.upload_timeout_s)
+                except LearningAPIError as exc:
+                    # raised outside the task group: inside it, anyio would wrap it in an ExceptionGroup that
+                    # neither the /files fallback below nor the tools' error handling would recognise
+                    outcome["error"] = exc
                 finally:
                     tg.cancel_scope.cancel()
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["response"]
 
         try:
-            response = await _post("learning/files")
-        except LearningAPIError as exc:
-            if exc.status not in (404, 405):
-                raise
-            response = await _post("files")
+            try:
+                response = await _post("learning/files")
+            except LearningAPIError as exc:
+                if exc.status not in (404, 405):
+                    raise
+                response = await _post("files")
+        finally:
+            for fh in opened:
+                fh.close()
         if on_progress is not None:
             result = on_progress(total, total)
             if result is not None:
@@ -269,11 +293,11 @@ class LearningClient:
 
     async def get_file(self, file_id: str) -> dict:
         try:
-            return await self._json("GET", f"learning/files/{file_id}", retry=True)
+            return await self._json("GET", f"learning/files/{path_segment(file_id)}", retry=True)
         except LearningAPIError as exc:
             if exc.status not in (404, 405):
                 raise
-            return await self._json("GET", f"files/{file_id}", retry=True)
+            return await self._json("GET", f"files/{path_segment(file_id)}", retry=True)
 
     async def wait_for_file(self, file_id: str, *, timeout_s: float = 10.0, interval_s: float = 2.0) -> dict:
         """Poll the file until it is ready (or in error), at most ``timeout_s`` (Synth: 2 s / 10 s)."""
@@ -306,15 +330,15 @@ class LearningClient:
         return await self._json("POST", "learning/jobs", retry=True, json=payload, headers={"Idempotency-Key": key})
 
     async def start_job(self, job_id: str) -> dict:
-        return await self._json("POST", f"learning/jobs/{job_id}/start", retry=True, json={})
+        return await self._json("POST", f"learning/jobs/{path_segment(job_id)}/start", retry=True, json={})
 
     async def get_job(self, job_id: str) -> dict:
-        record = await self._json("GET", f"learning/jobs/{job_id}", retry=True)
+        record = await self._json("GET", f"learning/jobs/{path_segment(job_id)}", retry=True)
         record["status"] = normalize_status(record.get("status") or record.get("state"))
         return record
 
     async def get_events(self, job_id: str, *, since_seq: int = 0, limit: int = 200) -> list[dict]:
-        body = await self._json("GET", f"learning/jobs/{job_id}/events", retry=True,
+        body = await self._json("GET", f"learning/jobs/{path_segment(job_id)}/events", retry=True,
                                 params={"since_seq": since_seq, "limit": limit})
         events = body.get("events") if isinstance(body, dict) else body
         if events is None and isinstance(body, dict):
@@ -331,15 +355,15 @@ class LearningClient:
         params: dict[str, Any] = {"after_step": after_step, "limit": limit}
         if name:
             params["name"] = name
-        body = await self._json("GET", f"learning/jobs/{job_id}/metrics", retry=True, params=params)
+        body = await self._json("GET", f"learning/jobs/{path_segment(job_id)}/metrics", retry=True, params=params)
         return body.get("points") or body.get("data") or [] if isinstance(body, dict) else []
 
     async def get_timeline(self, job_id: str, *, limit: int = 200) -> list[dict]:
-        body = await self._json("GET", f"learning/jobs/{job_id}/timeline", retry=True, params={"limit": limit})
+        body = await self._json("GET", f"learning/jobs/{path_segment(job_id)}/timeline", retry=True, params={"limit": limit})
         return body.get("events") or body.get("timeline") or [] if isinstance(body, dict) else []
 
     async def cancel_job(self, job_id: str) -> dict:
-        record = await self._json("POST", f"learning/jobs/{job_id}/cancel", retry=True, json={})
+        record = await self._json("POST", f"learning/jobs/{path_segment(job_id)}/cancel", retry=True, json={})
         if "status" in record:
             record["status"] = normalize_status(record["status"])
         return record

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 import anyio
 
 from learning_mcp.tools.client import (FILE_READY, TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of,
-                                       normalize_status)
+                                       normalize_status, path_segment)
 from learning_mcp.tools.errors import ToolFailure, api_failure
 
 MAX_EVENTS_PER_CALL = 30
@@ -240,12 +240,32 @@ async def create_job_from_config(client: LearningClient, config: str, *, dataset
                          training_file_id, validation_file_id, False, uploads)
 
 
-def failure_kind(status: str, error: dict | None) -> str | None:
+def error_dict(error: Any) -> dict | None:
+    """A job record's ``error`` as ``{code?, message, ...}``: the embedded backend sends an object, other APIs
+    may send a bare string (Synth documents the field loosely)."""
+    if error is None or error == "" or isinstance(error, dict):
+        return error or None
+    return {"message": str(error)}
+
+
+def time_text(value: Any) -> str | None:
+    """A timestamp as text: ISO strings pass through; epoch seconds (OpenAI-style records) become ISO-8601 UTC."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+        except (OverflowError, OSError, ValueError):
+            pass
+    return str(value)
+
+
+def failure_kind(status: str, error: dict | str | None) -> str | None:
     if status == "cancelled":
         return "cancelled"
     if status != "failed":
         return None
-    code = (error or {}).get("code") or ""
+    code = (error_dict(error) or {}).get("code") or ""
     if code in {"invalid_training_file", "invalid_file", "file_not_found", "dataset_invalid", "no_trainable_examples",
                 "invalid_dataset"}:
         return "validation"
@@ -280,7 +300,7 @@ def compact_event(event: dict) -> dict:
     data = {k: v for k, v in data.items() if k != "traceback" and not isinstance(v, (dict, list)) or k == "error"}
     return {"seq": int(event.get("seq") or 0), "type": event.get("type") or event.get("event_type"),
             "level": event.get("level") or "info", "message": message, "data": data,
-            "created_at": event.get("created_at")}
+            "created_at": time_text(event.get("created_at"))}
 
 
 def next_poll_seconds(status: str, started: float | None = None) -> float | None:
@@ -308,7 +328,7 @@ async def _fetch_snapshot(client: LearningClient, job_id: str, since_seq: int) -
     progress = progress_from_events(events)
     if progress is None:
         try:
-            compact = await client._json("GET", f"learning/jobs/{job_id}/status", retry=False)
+            compact = await client._json("GET", f"learning/jobs/{path_segment(job_id)}/status", retry=False)
             progress = compact.get("progress") or None
         except LearningAPIError:
             progress = None

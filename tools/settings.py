@@ -5,9 +5,9 @@ Resolution (``learning-api.md`` §2 and decision §9.15):
 * **key** — ``SYNTH_API_KEY``.
 * **base URL** — an explicit argument, then ``SYNTH_BACKEND_URL``, ``BACKEND_BASE_URL``, ``SYNTH_BACKEND_OVERRIDE``;
   then, if a key is set, Synth's hosted API ``https://api.usesynth.ai``; with neither, the **embedded backend**.
-* **.env files** — ``--env-file`` (repeatable, later files override earlier ones) are read first; values found there
-  fill in variables the process environment does not already set, except that an explicitly passed file wins
-  over a ``.env`` auto-discovered in the working directory (as Synth's ``--env`` beats ``find_dotenv``).
+* **.env files** — values from ``--env-file`` (repeatable, later files override earlier ones) override the process
+  environment (as Synth's ``--env FILE`` takes precedence); without ``--env-file``, a ``.env`` in the working
+  directory only fills in variables the process environment does not already set (Synth's ``find_dotenv``).
 
 Every base URL is normalised to end in ``/api`` (Synth's ``ensure_api_base``). The key is kept out of ``repr``.
 """
@@ -15,6 +15,7 @@ Every base URL is normalised to end in ``/api`` (Synth's ``ensure_api_base``). T
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping
@@ -23,6 +24,7 @@ SYNTH_DEFAULT_ORIGIN = "https://api.usesynth.ai"
 URL_ENV_VARS = ("SYNTH_BACKEND_URL", "BACKEND_BASE_URL", "SYNTH_BACKEND_OVERRIDE")
 KEY_ENV_VAR = "SYNTH_API_KEY"
 LOCAL_KEY_ENV_VAR = "LEARNING_MCP_BACKEND_KEY"
+_QUOTED = re.compile(r"""^(['"])((?:\\.|(?!\1).)*)\1""")  # a quoted value, up to its closing quote
 
 
 def ensure_api_base(base: str) -> str:
@@ -46,7 +48,10 @@ def parse_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         if not sep:
             continue
         key, value = key.strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        quoted = _QUOTED.match(value)
+        if quoted and value[quoted.end():].lstrip().startswith("#"):  # "quoted value" # comment
+            value = quoted.group(2)
+        elif len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
