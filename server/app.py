@@ -123,6 +123,23 @@ def tool_errors(action: str = "the call") -> Iterator[None]:
         raise ToolError(str(api_failure(exc, action=action))) from None
 
 
+def reject_unknown_tools(server: MCPServer) -> None:
+    """Answer a call to an unknown tool with JSON-RPC -32602, as both spec revisions require (MCPServer still
+    answers with an isError result: python-sdk#3659). Same middleware as the reference servers."""
+    from mcp.server.context import CallNext, ServerRequestContext
+    from mcp.shared.exceptions import MCPError
+    from mcp.types import INVALID_PARAMS
+
+    async def middleware(ctx: ServerRequestContext, call_next: CallNext):
+        if ctx.method == "tools/call" and ctx.params is not None:
+            name = ctx.params.get("name")
+            if isinstance(name, str) and name not in {tool.name for tool in await server.list_tools()}:
+                raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
+        return await call_next(ctx)
+
+    server.middleware.append(middleware)
+
+
 def result(model: BaseModel, summary: str) -> CallToolResult:
     """A one-line summary for humans and models, then the structured JSON."""
     data = model.model_dump(mode="json")
@@ -176,6 +193,7 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
 
     server = MCPServer("learning-mcp", title="learning-mcp: fine-tuning tools", version=__version__,
                        instructions=INSTRUCTIONS, lifespan=lifespan, subscriptions=False)
+    reject_unknown_tools(server)
 
     # -- validate_dataset ------------------------------------------------------------------------------
     @server.tool(title="Validate an SFT dataset", annotations=READ_ONLY_LOCAL)

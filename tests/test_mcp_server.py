@@ -604,3 +604,16 @@ async def test_api_key_never_leaks(proxy, data, tiny_model, tmp_path, monkeypatc
     assert s.texts and not [t for t in s.texts if SECRET in t]
     assert "Bearer ***" in caplog.text  # the log saw the echoed header, redacted
     assert SECRET not in caplog.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_unknown_tool_is_a_protocol_error(tmp_path, mode):
+    from mcp import Client, MCPError
+
+    from learning_mcp.server.app import ServerSettings, create_server
+
+    async with Client(create_server(ServerSettings(data_dir=str(tmp_path))), mode=mode) as client:
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("no_such_tool", {})
+    assert "Unknown tool: no_such_tool" in str(info.value)
