@@ -282,3 +282,34 @@ async def test_loop_with_a_task_app_as_the_environment(backend, seed_model, tmp_
     row = st["table"][0]
     assert row["problems"] == 80 and row["kept"] and row["fine_tuned_model"]
     assert st["base_val_pass_at_1"] is not None and row["val_pass_at_1"] is not None
+
+
+async def test_a_crashed_training_worker_is_retried(backend, seed_model, tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    tasks = one_digit_tasks(tmp_path / "tasks.jsonl")
+    async with Client(server(backend, tmp_path / "mcp")) as client:
+        r = await client.call_tool("run_sft_loop", {
+            "base_model": seed_model, "tasks": str(tasks), "iterations": 1, "n": 2,
+            "hyperparameters": {**LOOP_HP, "total_steps": 400}, "wait_seconds": 0})
+        loop_id = r.structured_content["loop_id"]
+        first_job = (await wait_step(client, loop_id, "train"))["current_job_id"]
+        pid = None
+        deadline = time.monotonic() + 60
+        while pid is None and time.monotonic() < deadline:
+            for child in psutil.Process(backend.proc.pid).children(recursive=True):
+                try:
+                    if first_job in " ".join(child.cmdline()):
+                        pid = child.pid
+                except psutil.Error:
+                    continue
+            await anyio.sleep(0.2)
+        assert pid, "worker not found"
+        os.kill(pid, signal.SIGKILL)
+        st = await wait_loop(client, loop_id)
+    assert st["state"] == "succeeded", st
+    assert st["table"][0]["job_id"] != first_job
+    assert httpx.get(f"{backend.api}/learning/jobs/{first_job}").json()["error"]["code"] == "worker_crashed"

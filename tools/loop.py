@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 LoopStateName = Literal["running", "succeeded", "failed", "cancelled"]
 Step = Literal["sample", "filter", "upload", "train", "val_eval", "done"]
 LOOP_SECTIONS = ("loop", "eval", "filter")
+RETRYABLE_JOB_FAILURES = frozenset({"backend_restarted", "worker_crashed"})
+MAX_JOB_ATTEMPTS = 3
 
 
 class LoopConfig(BaseModel):
@@ -116,6 +118,7 @@ class IterationRecord(BaseModel):
     kept_path: str | None = None
     file_id: str | None = None
     job_id: str | None = None
+    job_attempts: int = 0
     job_status: str | None = None
     fine_tuned_model: str | None = None
     final_train_loss: float | None = None
@@ -450,13 +453,22 @@ class LoopRunner:
                 record.train_from = cfg.base_model if cfg.reset_to_base else record.sampler_model
                 sft_toml = apply_hyperparameter_overrides(sft_config_text(cfg.sft_config, record.train_from),
                                                           cfg.hyperparameters)
+                record.job_attempts += 1
                 out = await job_ops.create_job_from_config(
                     self.client, sft_toml, training_file_id=record.file_id, model=record.train_from, start=True,
-                    idempotency_key=f"{self.state.loop_id}-iter{record.iteration}")
+                    idempotency_key=f"{self.state.loop_id}-iter{record.iteration}-try{record.job_attempts}")
                 record.job_id = out.job_id
                 await self._changed(f"iteration {record.iteration}: training job {out.job_id} from {record.train_from}")
             job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s)
             record.job_status = job.get("status")
+            err_code = (job.get("error") or {}).get("code") if isinstance(job.get("error"), dict) else None
+            if (record.job_status == "failed" and err_code in RETRYABLE_JOB_FAILURES
+                    and record.job_attempts < MAX_JOB_ATTEMPTS):
+                # the job died with its worker or backend, not because of the data: train again
+                await self._changed(f"iteration {record.iteration}: job {record.job_id} was interrupted "
+                                    f"({err_code}); starting it again")
+                record.job_id = None
+                return
             if record.job_status != "succeeded":
                 err = job.get("error") or {}
                 raise ToolFailure("training_failed", f"iteration {record.iteration}: job {record.job_id} ended "
