@@ -337,6 +337,10 @@ class LearningClient:
         record["status"] = normalize_status(record.get("status") or record.get("state"))
         return record
 
+    async def get_compact_status(self, job_id: str) -> dict:
+        """``GET …/status``: ``{job_id, status, progress, updated_at}`` (one try; it is an optional extra)."""
+        return await self._json("GET", f"learning/jobs/{path_segment(job_id)}/status", retry=False)
+
     async def get_events(self, job_id: str, *, since_seq: int = 0, limit: int = 200) -> list[dict]:
         body = await self._json("GET", f"learning/jobs/{path_segment(job_id)}/events", retry=True,
                                 params={"since_seq": since_seq, "limit": limit})

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 import anyio
 
 from learning_mcp.tools.client import (FILE_READY, TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of,
-                                       normalize_status, path_segment)
+                                       normalize_status)
 from learning_mcp.tools.errors import ToolFailure, api_failure
 
 MAX_EVENTS_PER_CALL = 30
@@ -328,7 +328,7 @@ async def _fetch_snapshot(client: LearningClient, job_id: str, since_seq: int) -
     progress = progress_from_events(events)
     if progress is None:
         try:
-            compact = await client._json("GET", f"learning/jobs/{path_segment(job_id)}/status", retry=False)
+            compact = await client.get_compact_status(job_id)
             progress = compact.get("progress") or None
         except LearningAPIError:
             progress = None
