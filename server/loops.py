@@ -23,7 +23,7 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, Field, ValidationError
 
 from learning_mcp.tools.errors import ToolFailure
-from learning_mcp.tools.loop import IterationRecord, LoopConfig, LoopRunner, LoopState, parse_loop_toml
+from learning_mcp.tools.loop import IterationRecord, LoopConfig, LoopRunner, LoopState, parse_loop_toml, preflight
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,23 @@ def _fmt(value: float | None) -> str:
 @dataclass
 class _Handle:
     runner: LoopRunner
+    lock_file: Any = None
     scope: anyio.CancelScope | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def _try_lock(loop_dir: Path):
+    """An exclusive lock on the loop: only one server process runs a loop (several may share a data dir)."""
+    import fcntl
+
+    loop_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(loop_dir / "lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
 
 
 @dataclass
@@ -198,11 +213,19 @@ class LoopManager:
         await self._launch(state)
         return state
 
-    async def _launch(self, state: LoopState) -> None:
-        client = await self.app.client()
+    async def _launch(self, state: LoopState) -> bool:
+        """Run the loop here, unless another server process already runs it (returns False then)."""
+        lock = _try_lock(self.loop_dir(state.loop_id))
+        if lock is None:
+            return False
+        try:
+            client = await self.app.client()
+        except BaseException:
+            lock.close()
+            raise
         runner = LoopRunner(state, self.loop_dir(state.loop_id), client)
         runner.save()
-        handle = _Handle(runner)
+        handle = _Handle(runner, lock_file=lock)
         self.handles[state.loop_id] = handle
 
         async def run() -> None:
@@ -213,8 +236,10 @@ class LoopManager:
             finally:
                 handle.done.set()
                 self.handles.pop(state.loop_id, None)
+                lock.close()
 
         self.app.tg.start_soon(run)
+        return True
 
     async def resume_all(self) -> list[str]:
         resumed = []
@@ -227,8 +252,8 @@ class LoopManager:
             if state.state == "running" and state.loop_id not in self.handles:
                 state.message = f"resumed after a server restart ({state.message})"
                 try:
-                    await self._launch(state)
-                    resumed.append(state.loop_id)
+                    if await self._launch(state):
+                        resumed.append(state.loop_id)
                 except ToolFailure as exc:
                     log.warning("cannot resume loop %s yet: %s", state.loop_id, exc)
         return resumed
@@ -246,10 +271,21 @@ class LoopManager:
             with anyio.move_on_after(20):
                 await handle.done.wait()
             return handle.runner.state
-        # running on disk but not in this process: stop it here
-        state.cancel_requested = True
-        runner = LoopRunner(state, self.loop_dir(loop_id), await self.app.client())
-        await runner._finish_cancelled()
+        # running on disk but not in this process
+        loop_dir = self.loop_dir(loop_id)
+        lock = _try_lock(loop_dir)
+        if lock is None:  # another server process runs it: ask it to stop, and wait a little
+            (loop_dir / "cancel").write_text(str(time.time()))
+            with anyio.move_on_after(20):
+                while self.read(loop_id).state == "running":
+                    await anyio.sleep(0.5)
+            return self.read(loop_id)
+        try:  # nobody runs it (its server is gone): cancel it here
+            state.cancel_requested = True
+            runner = LoopRunner(state, loop_dir, await self.app.client())
+            await runner._finish_cancelled()
+        finally:
+            lock.close()
         return state
 
     async def wait(self, loop_id: str, seconds: float, ctx: Context | None) -> LoopState:
@@ -283,6 +319,7 @@ class LoopManager:
         from learning_mcp.tools.evaluate import ChatEndpointError, SamplingSettings, evaluate
         from learning_mcp.tools.rewards import VerifierError, make_verifier
         from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
+        from learning_mcp.tools.settings import endpoint_key
         from learning_mcp.tools.traces import TraceStore
 
         try:
@@ -307,9 +344,10 @@ class LoopManager:
         async def go() -> None:
             store = TraceStore(self.traces_db)
             try:
-                summary = await evaluate(tasks, chat_url=chat_url or client.target.chat_url, model=model,
-                                         verifier=checker, settings=sampling, store=store, run_id=run.eval_id,
-                                         iteration=0, phase="eval", api_key=client.target.api_key, greedy=greedy)
+                url = chat_url or client.target.chat_url
+                summary = await evaluate(tasks, chat_url=url, model=model, verifier=checker, settings=sampling,
+                                         store=store, run_id=run.eval_id, iteration=0, phase="eval",
+                                         api_key=endpoint_key(url, client.target, None), greedy=greedy)
                 run.summary, run.state = summary.to_dict(), "succeeded"
             except (ChatEndpointError, VerifierError) as exc:
                 run.state, run.error = "failed", str(exc)
@@ -383,11 +421,12 @@ def register_loop_tools(server: MCPServer) -> None:
             try:
                 cfg = LoopConfig(**args)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"]
+                                     for e in exc.errors())
                 raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
                                                          "tasks (or a config TOML with [loop]).") from None
-            if cfg.tasks and not Path(cfg.tasks).is_file():
-                raise ToolFailure("tasks_not_found", f"task file not found: {cfg.tasks}")
+            api = await state_of(ctx).client()
+            await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target))
             state = await manager(ctx).start(cfg)
             state = await manager(ctx).wait(state.loop_id, wait_seconds, ctx)
         status = loop_status(state, manager(ctx).loop_dir(state.loop_id))
@@ -501,6 +540,7 @@ def register_loop_tools(server: MCPServer) -> None:
         max_per_problem: Annotated[int | None, Field(ge=1, description="keep at most K per problem")] = None,
         dedupe: Annotated[bool | None, Field(description="drop duplicate completions of a problem")] = None,
         limit: Annotated[int | None, Field(ge=1)] = None,
+        overwrite: Annotated[bool, Field(description="replace output if it already exists")] = False,
     ) -> Annotated[CallToolResult, FilterResult]:
         """Keep the traces a binary reward accepted and write them as SFT JSONL (Synth's filter output shape).
 
@@ -537,15 +577,28 @@ def register_loop_tools(server: MCPServer) -> None:
                 spec = FilterSpec(**base)
             except (FilterConfigError, TypeError, ValueError) as exc:
                 raise ToolFailure("invalid_filter_config", str(exc)) from None
+            out_path = Path(spec.output)
+            if out_path.exists() and not overwrite:
+                raise ToolFailure("output_exists", f"{out_path} already exists; pass overwrite=true to replace it, or "
+                                                   "choose another output path")
 
             def work():
-                store = TraceStore(db_path)
+                import sqlite3
+
+                try:
+                    store = TraceStore(db_path)
+                except sqlite3.DatabaseError as exc:
+                    raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
                 try:
                     return run_filter(spec, store)
+                except sqlite3.DatabaseError as exc:
+                    raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
                 finally:
                     store.close()
 
             report = await anyio.to_thread.run_sync(work)
+            if not report.counts.get("written") and out_path.exists() and out_path.stat().st_size == 0:
+                out_path.unlink()  # nothing matched: leave no empty file behind
             valid = False
             if report.counts.get("written"):
                 from learning_mcp.tools.jobs import validate_dataset_file

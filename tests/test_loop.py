@@ -174,16 +174,13 @@ async def test_cancel_loop_cancels_its_job(backend, seed_model, tmp_path):
     assert wait_job(backend.api, job_id, timeout=30)["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("case", ["broken_verifier", "raising_verifier", "unreachable_chat", "empty_filter"])
+@pytest.mark.parametrize("case", ["raising_verifier", "unreachable_chat", "empty_filter"])
 async def test_failures_end_the_loop_with_a_clear_status(backend, seed_model, tiny_model, tmp_path, case):
     tasks = one_digit_tasks(tmp_path / "tasks.jsonl")
     args = {"base_model": seed_model, "tasks": str(tasks), "iterations": 1, "n": 2, "hyperparameters": LOOP_HP,
             "wait_seconds": 0}
     expect = {}
-    if case == "broken_verifier":
-        args["verifier"] = "no_such_module_xyz:check"
-        expect = {"code": "verifier_error", "phrase": "no_such_module_xyz"}
-    elif case == "raising_verifier":
+    if case == "raising_verifier":
         (tmp_path / "myverifier.py").write_text("def check(completion, answer, task):\n    raise ValueError('boom')\n")
         args["verifier"] = f"{tmp_path / 'myverifier.py'}:check"
         expect = {"code": "verifier_error", "phrase": "boom"}
@@ -205,8 +202,21 @@ async def test_failures_end_the_loop_with_a_clear_status(backend, seed_model, ti
     assert expect["phrase"] in st["error"]["message"], st["error"]
 
 
-async def test_bad_loop_arguments_are_tool_errors(backend, tmp_path):
+async def test_bad_loop_arguments_are_tool_errors(backend, seed_model, tmp_path):
+    tasks = one_digit_tasks(tmp_path / "tasks.jsonl")
+    sft_rows = write_jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "yo"}]}])
     async with Client(server(backend, tmp_path / "mcp")) as client:
+        # refused before any sampling is spent, each with what to fix
+        for args, code in (
+            ({"verifier": "no_such_module_xyz:check"}, "[verifier_error]"),
+            ({"verifier": "fuzzy"}, "[verifier_error]"),
+            ({"tasks": str(sft_rows)}, "[invalid_tasks]"),
+            ({"hyperparameters": {"learning_rate": -1}}, "learning_rate must be greater than zero"),
+        ):
+            r = await client.call_tool("run_sft_loop", {"base_model": seed_model, "tasks": str(tasks), **args})
+            assert r.is_error and code in r.content[0].text, r.content[0].text
+        assert (await client.call_tool("list_loops", {})).structured_content["loops"] == []
         r = await client.call_tool("run_sft_loop", {"base_model": "x", "tasks": str(tmp_path / "missing.jsonl")})
         assert r.is_error and "[tasks_not_found]" in r.content[0].text
         r = await client.call_tool("run_sft_loop", {"tasks": str(tmp_path)})
@@ -313,3 +323,63 @@ async def test_a_crashed_training_worker_is_retried(backend, seed_model, tmp_pat
     assert st["state"] == "succeeded", st
     assert st["table"][0]["job_id"] != first_job
     assert httpx.get(f"{backend.api}/learning/jobs/{first_job}").json()["error"]["code"] == "worker_crashed"
+
+
+async def test_keys_only_go_where_they_belong(backend, seed_model, tmp_path, monkeypatch):
+    """An agent-chosen endpoint never receives the learning API's key or an arbitrary environment secret."""
+    from chat_stub import start_chat_stub
+
+    tasks = one_digit_tasks(tmp_path / "tasks.jsonl")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-TOPSECRET")
+    stub = start_chat_stub(lambda messages, index: "3")
+    try:
+        settings = ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp"))
+        monkeypatch.setenv("SYNTH_API_KEY", "sk-SECRET-KEY")  # sent to the learning API only
+        async with Client(create_server(settings)) as client:
+            r = await client.call_tool("eval", {"model": seed_model, "tasks": str(tasks), "chat_url": stub.chat_url,
+                                                "max_problems": 3, "wait_seconds": 30})
+            assert r.structured_content["state"] == "succeeded", r.content[0].text
+            cfg = tmp_path / "loop.toml"
+            cfg.write_text(f'[loop]\nchat_url = "{stub.chat_url}"\nchat_api_key_env = "AWS_SECRET_ACCESS_KEY"\n')
+            r = await client.call_tool("run_sft_loop", {"config": str(cfg), "base_model": seed_model,
+                                                        "tasks": str(tasks)})
+            assert r.is_error and "[key_not_allowed]" in r.content[0].text
+        seen = json.dumps([dict(h) for h in stub.state.headers])
+        assert "sk-SECRET-KEY" not in seen and "aws-TOPSECRET" not in seen
+        assert stub.state.served > 0
+    finally:
+        stub.stop()
+
+
+async def test_filter_traces_never_clobbers_a_file(backend, seed_model, tmp_path):
+    tasks = one_digit_tasks(tmp_path / "tasks.jsonl")
+    precious = tmp_path / "precious.jsonl"
+    precious.write_text("keep me\n")
+    async with Client(server(backend, tmp_path / "mcp")) as client:
+        ev = (await client.call_tool("eval", {"model": seed_model, "tasks": str(tasks), "max_problems": 5,
+                                              "wait_seconds": 40})).structured_content
+        r = await client.call_tool("filter_traces", {"run_id": ev["eval_id"], "output": str(precious)})
+        assert r.is_error and "[output_exists]" in r.content[0].text
+        assert precious.read_text() == "keep me\n"
+        r = await client.call_tool("filter_traces", {"run_id": "typo", "output": str(tmp_path / "new.jsonl")})
+        assert r.structured_content["written"] == 0 and not (tmp_path / "new.jsonl").exists()
+        r = await client.call_tool("filter_traces", {"db": str(precious), "output": str(tmp_path / "x.jsonl")})
+        assert r.is_error and "[invalid_db]" in r.content[0].text
+
+
+async def test_two_servers_on_one_data_dir_run_a_loop_once(backend, seed_model, tmp_path):
+    tasks = one_digit_tasks(tmp_path / "tasks.jsonl")
+    data_dir = tmp_path / "mcp"
+    async with Client(server(backend, data_dir)) as first:
+        r = await first.call_tool("run_sft_loop", {"base_model": seed_model, "tasks": str(tasks), "iterations": 1,
+                                                   "n": 2, "hyperparameters": LOOP_HP, "wait_seconds": 0})
+        loop_id = r.structured_content["loop_id"]
+        async with Client(server(backend, data_dir)) as second:  # its start-up resume must not run the loop again
+            await anyio.sleep(2)
+            st = (await second.call_tool("get_loop_status", {"loop_id": loop_id})).structured_content
+            assert st["state"] == "running"
+            # a cancel from the other server reaches the loop through the cancel file
+            r = await second.call_tool("cancel_loop", {"loop_id": loop_id})
+            assert r.structured_content["state"] == "cancelled", r.content[0].text
+        st = (await first.call_tool("get_loop_status", {"loop_id": loop_id})).structured_content
+        assert st["state"] == "cancelled"

@@ -236,6 +236,10 @@ def _dump_toml(doc: dict) -> str:
     return "\n".join(lines)
 
 
+class LoopCancelRequested(Exception):
+    """``cancel_loop`` was called from another server process (it leaves a ``cancel`` file in the loop dir)."""
+
+
 class LoopRunner:
     """Drives one loop to its end. ``state_dir`` holds ``state.json``, ``traces.sqlite`` and the kept files."""
 
@@ -255,7 +259,12 @@ class LoopRunner:
         tmp.write_text(self.state.model_dump_json(indent=1))
         os.replace(tmp, self.dir / "state.json")
 
+    def check_cancel(self) -> None:
+        if (self.dir / "cancel").exists():
+            raise LoopCancelRequested()
+
     async def _changed(self, message: str | None = None) -> None:
+        self.check_cancel()
         if message:
             self.state.message = message
             log.info("loop %s: %s", self.state.loop_id, message)
@@ -285,6 +294,9 @@ class LoopRunner:
                     self.state.message = f"interrupted by a server shutdown ({self.state.message}); resumes on restart"
                     self.save()
             raise
+        except LoopCancelRequested:
+            self.state.cancel_requested = True
+            await self._finish_cancelled()
         except VerifierError as exc:
             await self._fail("verifier_error", f"the verifier failed: {exc}. Fix the verifier and start a new loop.")
         except ChatEndpointError as exc:
@@ -306,7 +318,9 @@ class LoopRunner:
     async def _fail(self, code: str, message: str) -> None:
         self.state.state = "failed"
         self.state.error = {"code": code, "message": message}
-        await self._changed(f"failed: {message}")
+        self.state.message = f"failed: {message}"
+        log.info("loop %s: %s", self.state.loop_id, self.state.message)
+        self.save()
 
     async def _finish_cancelled(self) -> None:
         record = self.state.current
@@ -317,7 +331,8 @@ class LoopRunner:
                 log.warning("could not cancel job %s: %s", record.job_id, exc)
         self.state.state = "cancelled"
         self.state.stopped_reason = "cancelled"
-        await self._changed("cancelled by cancel_loop")
+        self.state.message = "cancelled by cancel_loop"
+        self.save()
 
     async def _run(self) -> None:
         from learning_mcp.tools.rewards import make_verifier
@@ -394,13 +409,14 @@ class LoopRunner:
         settings = SamplingSettings(n=1 if greedy else cfg.n, temperature=0.0 if greedy else cfg.temperature,
                                     top_p=cfg.top_p, top_k=None if greedy else cfg.top_k, max_tokens=cfg.max_tokens,
                                     stop=cfg.stop, seed=None if cfg.seed is None else cfg.seed + iteration)
-        api_key = os.environ.get(cfg.chat_api_key_env) if cfg.chat_api_key_env else self.client.target.api_key
         chat_url = cfg.chat_url or self.client.target.chat_url
+        api_key = self._key(chat_url, cfg.chat_api_key_env)
         if cfg.task_app_url:
             from learning_mcp.tools.evaluate import evaluate_task_app
 
             return await evaluate_task_app(
-                tasks, task_app_url=cfg.task_app_url, env_api_key=os.environ.get(cfg.task_app_api_key_env),
+                tasks, task_app_url=cfg.task_app_url,
+                env_api_key=self._key(cfg.task_app_url, cfg.task_app_api_key_env, default_env="ENVIRONMENT_API_KEY"),
                 model=model, inference_url=chat_url, store=store, run_id=self.state.loop_id, iteration=iteration,
                 phase=phase, env_name=cfg.env_name, policy_name=cfg.policy_name,
                 split="validation" if phase == "val_eval" else "train", max_llm_calls=cfg.max_llm_calls,
@@ -411,6 +427,14 @@ class LoopRunner:
         return await evaluate(tasks, chat_url=chat_url, model=model, verifier=verifier, settings=settings,
                               store=store, run_id=self.state.loop_id, iteration=iteration, phase=phase,
                               api_key=api_key, concurrency=cfg.eval_concurrency, greedy=greedy)
+
+    def _key(self, url: str, key_env: str | None, default_env: str | None = None) -> str | None:
+        from learning_mcp.tools.settings import endpoint_key
+
+        try:
+            return endpoint_key(url, self.client.target, key_env, default_env=default_env)
+        except PermissionError as exc:
+            raise ToolFailure("key_not_allowed", str(exc)) from None
 
     async def _advance(self, record: IterationRecord, store, train, val, verifier) -> None:
         cfg = self.cfg
@@ -459,7 +483,9 @@ class LoopRunner:
                     idempotency_key=f"{self.state.loop_id}-iter{record.iteration}-try{record.job_attempts}")
                 record.job_id = out.job_id
                 await self._changed(f"iteration {record.iteration}: training job {out.job_id} from {record.train_from}")
-            job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s)
+            job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s,
+                                             should_stop=lambda: (self.dir / "cancel").exists())
+            self.check_cancel()
             record.job_status = job.get("status")
             err_code = (job.get("error") or {}).get("code") if isinstance(job.get("error"), dict) else None
             if (record.job_status == "failed" and err_code in RETRYABLE_JOB_FAILURES
@@ -492,6 +518,47 @@ class LoopRunner:
             await self._changed(f"iteration {record.iteration}: validation pass@1 {summary.pass_at_1:.3f}")
         record.seconds += time.monotonic() - t0
         self.save()
+
+
+def preflight(cfg: LoopConfig, target) -> None:
+    """Everything that can be checked before any sampling is spent: tasks, verifier, SFT config, endpoint keys.
+    Raises ToolFailure with what to fix, so run_sft_loop refuses a loop that could only fail later."""
+    from learning_mcp.tools.rewards import VerifierError, make_verifier
+    from learning_mcp.tools.settings import endpoint_key
+    from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
+    from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
+
+    if cfg.tasks:
+        path = Path(cfg.tasks)
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "not found"
+            raise ToolFailure("tasks_not_found", f"task file {what}: {path} (a JSONL with one problem per line: "
+                                                 '{"id", "prompt" or "messages", "answer", "split"?})')
+        try:
+            tasks = load_tasks(path)
+        except TaskFileError as exc:
+            first = str(exc).splitlines()[0][:500]
+            raise ToolFailure("invalid_tasks", f"{first} — each task line needs id, prompt (or messages) and answer; "
+                                               "see resource learning://config/loop-example") from None
+        train, _ = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+        if not train:
+            raise ToolFailure("no_train_problems", f"{path} has no train problems after the split")
+        try:
+            make_verifier(cfg.verifier, base_dir=path.parent)
+        except VerifierError as exc:
+            raise ToolFailure("verifier_error", str(exc)) from None
+    try:
+        endpoint_key(cfg.chat_url or target.chat_url, target, cfg.chat_api_key_env)
+        if cfg.task_app_url:
+            endpoint_key(cfg.task_app_url, target, cfg.task_app_api_key_env, default_env="ENVIRONMENT_API_KEY")
+    except PermissionError as exc:
+        raise ToolFailure("key_not_allowed", str(exc)) from None
+    sft = apply_hyperparameter_overrides(sft_config_text(cfg.sft_config, cfg.base_model), cfg.hyperparameters)
+    try:
+        build_sft_plan(sft, training_file_id="file-preflight", model=cfg.base_model,
+                       target="synth" if target.is_synth else "local", require_dataset_path=False)
+    except ConfigError as exc:
+        raise ToolFailure(f"config_{exc.code}", f"the loop's SFT config is invalid: {exc.message}") from None
 
 
 def sft_config_text(config: str | None, model: str) -> str:

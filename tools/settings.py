@@ -118,3 +118,39 @@ def redact(text: str, secrets: list[str | None]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+ALLOWED_KEY_ENVS_VAR = "LEARNING_MCP_ALLOWED_KEY_ENVS"
+
+
+def same_origin(url_a: str, url_b: str) -> bool:
+    """Scheme, host and port equal (paths may differ)."""
+    from urllib.parse import urlsplit
+
+    a, b = urlsplit(url_a), urlsplit(url_b)
+    default = {"http": 80, "https": 443}
+    return (a.scheme, a.hostname, a.port or default.get(a.scheme)) == (b.scheme, b.hostname,
+                                                                       b.port or default.get(b.scheme))
+
+
+def endpoint_key(url: str, target: Target, key_env: str | None, *, environ: Mapping[str, str] | None = None,
+                 default_env: str | None = None) -> str | None:
+    """The key to send to an agent-chosen endpoint, without letting an agent exfiltrate secrets.
+
+    * the learning API's own key goes only to the learning API's own origin;
+    * another key is read from an environment variable only if the operator allowed that variable
+      (``LEARNING_MCP_ALLOWED_KEY_ENVS``, comma separated) or it is the endpoint kind's standard name
+      (``default_env``, e.g. ``ENVIRONMENT_API_KEY`` for task apps).
+    Raises ``PermissionError`` for a variable the operator did not allow.
+    """
+    environ = os.environ if environ is None else environ
+    if key_env:
+        allowed = {v.strip() for v in environ.get(ALLOWED_KEY_ENVS_VAR, "").split(",") if v.strip()}
+        if key_env != default_env and key_env not in allowed:
+            raise PermissionError(
+                f"environment variable {key_env!r} may not be sent to {url}: the server's operator must list it in "
+                f"{ALLOWED_KEY_ENVS_VAR} (this stops a tool call from sending arbitrary secrets to any URL)")
+        return environ.get(key_env) or None
+    if target.api_key and same_origin(url, target.api_base):
+        return target.api_key
+    return None
