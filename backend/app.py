@@ -132,11 +132,14 @@ def create_app(data_dir: str | os.PathLike[str], *, api_key: str | None = None,
             backend.scheduler.start()
         yield
         backend.close()
+        for hook in app.state.shutdown_hooks:  # e.g. remove backend.json (uvicorn re-raises SIGTERM afterwards)
+            hook()
 
     app = FastAPI(title="learning-mcp embedded learning backend", version=__version__, lifespan=lifespan,
                   description="Synth's learning API (files, SFT jobs, events, metrics, models, inference), "
                               "served locally and training with transformers + TRL + PEFT.")
     app.state.backend = backend
+    app.state.shutdown_hooks = []
 
     # -- errors ----------------------------------------------------------------------------------------
     @app.exception_handler(APIError)

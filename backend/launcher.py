@@ -77,13 +77,18 @@ def _version() -> str:
     return __version__
 
 
-def healthy(url: str, timeout: float = 2.0, api_key: str | None = None) -> bool:
+def healthy(url: str, timeout: float = 2.0, api_key: str | None = None, data_dir: Path | None = None) -> bool:
+    """The backend at ``url`` answers — and, with ``data_dir``, it is the one serving that data directory
+    (a stale backend.json may point at a port another backend reuses)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         response = httpx.get(f"{url.rstrip('/')}/api/health", timeout=timeout, headers=headers)
-        return response.status_code == 200 and response.json().get("status") == "ok"
+        body = response.json()
     except (httpx.HTTPError, ValueError):
         return False
+    if response.status_code != 200 or body.get("status") != "ok":
+        return False
+    return data_dir is None or Path(body.get("data_dir", "")).resolve() == Path(data_dir).resolve()
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike | None = None,
@@ -100,6 +105,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
         return 2
     root = resolve_data_dir(data_dir)
     app = create_app(root, api_key=api_key)
+    app.state.shutdown_hooks.append(lambda: remove_backend_file(root))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
 
@@ -130,13 +136,13 @@ def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0) -> BackendI
     """Return a healthy backend for ``data_dir``, starting a detached one if none is running."""
     data_dir.mkdir(parents=True, exist_ok=True)
     info = read_backend_file(data_dir)
-    if info and healthy(info["url"]):
+    if info and healthy(info["url"], data_dir=data_dir):
         return BackendInfo(info["url"], info.get("pid"), False)
     lock_path = data_dir / "backend.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info = read_backend_file(data_dir)  # another process may have started it while we waited
-        if info and healthy(info["url"]):
+        if info and healthy(info["url"], data_dir=data_dir):
             return BackendInfo(info["url"], info.get("pid"), False)
         port = free_port()
         logs = data_dir / "logs"
@@ -160,3 +166,34 @@ def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0) -> BackendI
         proc.terminate()
         raise BackendStartError(f"the embedded backend did not answer within {start_timeout_s:.0f}s; "
                                 f"see {logs / 'backend.log'}")
+
+
+def stop_backend(data_dir: Path, *, timeout_s: float = 20.0) -> str:
+    """Stop the backend serving ``data_dir`` (``learning-mcp backend --stop``). Running jobs' workers get SIGTERM
+    from nobody: they finish or are adopted by the next backend start."""
+    import signal
+
+    info = read_backend_file(data_dir)
+    if not info or not info.get("pid"):
+        return f"no backend is recorded for {data_dir}"
+    pid = int(info["pid"])
+    if not healthy(info["url"], data_dir=data_dir):
+        (data_dir / BACKEND_FILE).unlink(missing_ok=True)
+        return f"the backend recorded for {data_dir} (pid {pid}) is not running; removed the stale record"
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return f"stopped the backend at {info['url']} (pid {pid})"
+        time.sleep(0.2)
+    return f"sent SIGTERM to pid {pid}, still running after {timeout_s:.0f}s"
+
+
+def backend_status(data_dir: Path) -> str:
+    info = read_backend_file(data_dir)
+    if not info:
+        return f"no backend is recorded for {data_dir}"
+    state = "running" if healthy(info["url"], data_dir=data_dir) else "not answering"
+    return f"backend for {data_dir}: {info['url']} (pid {info.get('pid')}) {state}"

@@ -19,7 +19,7 @@ import logging
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, AsyncIterator, Iterator
+from typing import Annotated, AsyncIterator, Iterator, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -73,8 +73,9 @@ class ServerSettings:
 
 
 class AppState:
-    """Per-server state: the resolved target and a lazily created client (the embedded backend is started on
-    first use, not at start-up, so listing tools never spawns anything)."""
+    """Per-server state: the resolved target and a lazily created client. The embedded backend is started on
+    first use, not at start-up, so listing tools spawns nothing — unless a loop was left running, which the
+    server resumes at start-up (see ``server/loops.py``)."""
 
     def __init__(self, settings: ServerSettings, tg: TaskGroup):
         self.settings = settings
@@ -103,8 +104,9 @@ class AppState:
             info = await anyio.to_thread.run_sync(lambda: ensure_backend(self.data_dir))
         except BackendStartError as exc:
             raise ToolFailure("backend_start_failed",
-                              f"could not start the embedded learning backend: {exc}. Install the training extra "
-                              "(pip install 'learning-mcp[train]') or set SYNTH_API_KEY to use Synth.") from None
+                              f"could not start the embedded learning backend: {exc}. Install the training extra in "
+                              "the learning-mcp checkout (pip install -e '.[train]'), or set SYNTH_API_KEY to use "
+                              "Synth's hosted API.") from None
         return Target(f"{info.url}/api", "local", self.env.get("LEARNING_MCP_BACKEND_KEY") or None)
 
     async def aclose(self) -> None:
@@ -361,7 +363,8 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
     @server.tool(title="List jobs", annotations=READ_ONLY_REMOTE)
     async def list_jobs(
         ctx: Context,
-        status: Annotated[str | None, Field(description="queued | running | succeeded | failed | cancelled")] = None,
+        status: Annotated[Literal["queued", "validating_files", "running", "succeeded", "failed", "cancelled"] | None,
+                          Field(description="only jobs in this status")] = None,
         limit: Annotated[int, Field(ge=1, le=200)] = 20,
     ) -> Annotated[CallToolResult, JobListResult]:
         """Recent jobs on the learning API, newest first, with their status and fine_tuned_model. Read-only."""
@@ -412,6 +415,13 @@ def register_resources(server: MCPServer) -> None:
 
         return f"# Example SFT config\n\n```toml\n{EXAMPLE_TOML}\n```\n\n{CONFIG_SCHEMA_DOC}"
 
+    @server.resource("learning://config/loop-example", name="example-loop-config", mime_type="text/markdown",
+                     description="A ReST-EM loop TOML for run_sft_loop, and the task-file format")
+    def example_loop_config() -> str:
+        from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, TASKS_FORMAT_DOC
+
+        return f"# Example loop config\n\n```toml\n{LOOP_EXAMPLE_TOML}```\n\n{TASKS_FORMAT_DOC}"
+
     @server.resource("learning://models/synth", name="synth-models", mime_type="application/json",
                      description="Base models Synth's hosted API accepts for SFT (the embedded backend accepts any "
                                  "local path or Hugging Face id it can load)")
@@ -440,6 +450,10 @@ def run_server(*, transport: str = "stdio", host: str = "127.0.0.1", port: int =
         if not Path(path).is_file():
             sys.stderr.write(f"Error: --env-file {path} does not exist\n")
             return 2
+    if transport == "http" and host not in {"127.0.0.1", "localhost", "::1"}:
+        sys.stderr.write(f"Error: refusing to serve MCP over HTTP on {host}: the tools read local files and start "
+                         "training; serve on 127.0.0.1 and put an authenticating proxy in front for remote use\n")
+        return 2
     server = create_server(ServerSettings(backend_url=backend_url, env_files=list(env_files or []),
                                           data_dir=data_dir))
     if transport == "http":

@@ -118,7 +118,8 @@ def loop_status(state: LoopState, state_dir: Path) -> LoopStatusResult:
         next_step = (f"Done ({state.stopped_reason}). Best model: {state.best_model} (validation pass@1 "
                      f"{state.best_val_pass_at_1}). Use it as a model id.")
     elif state.state == "failed":
-        next_step = f"The loop failed: {(state.error or {}).get('message')}. Fix the cause and start a new loop."
+        reason = ((state.error or {}).get("message") or "unknown error").rstrip(". ")
+        next_step = f"The loop failed ({reason}). Fix the cause, then start a new loop with run_sft_loop."
     else:
         next_step = "The loop was cancelled; start a new one with run_sft_loop if needed."
     return LoopStatusResult(
@@ -136,13 +137,20 @@ def format_table(status: LoopStatusResult) -> str:
     """The per-iteration table as fixed-width text (for the tool summary and the demo)."""
     head = f"{'iter':>4} {'samples':>7} {'solved':>9} {'kept':>5} {'train loss':>10} {'val pass@1':>10}  model"
     lines = [head, f"{0:>4} {'-':>7} {'-':>9} {'-':>5} {'-':>10} "
-                   f"{_fmt(status.base_val_pass_at_1):>10}  {status.base_model} (base)"]
+                   f"{_fmt(status.base_val_pass_at_1):>10}  {short_model(status.base_model)} (base)"]
     for row in status.table:
         solved = f"{row.solved}/{row.problems}" if row.solved is not None else "-"
         lines.append(f"{row.iteration:>4} {row.samples if row.samples is not None else '-':>7} {solved:>9} "
                      f"{row.kept if row.kept is not None else '-':>5} {_fmt(row.final_train_loss):>10} "
-                     f"{_fmt(row.val_pass_at_1):>10}  {row.fine_tuned_model or '(' + row.step + ')'}")
+                     f"{_fmt(row.val_pass_at_1):>10}  {short_model(row.fine_tuned_model) if row.fine_tuned_model else '(' + row.step + ')'}")
     return "\n".join(lines)
+
+
+def short_model(model: str | None) -> str:
+    """``ft:ft:/long/path:job-a:job-b`` → ``ft:…:job-b`` (the table stays readable; ids are in the JSON)."""
+    if model and model.startswith(("ft:", "fft:", "qft:", "rl:")) and model.count(":") >= 2:
+        return f"{model.split(':', 1)[0]}:…:{model.rsplit(':', 1)[1]}"
+    return model or "-"
 
 
 def _fmt(value: float | None) -> str:
@@ -328,9 +336,11 @@ class LoopManager:
         except (TaskFileError, VerifierError) as exc:
             raise ToolFailure(getattr(exc, "code", "invalid_input"), str(exc)) from None
         if split != "all":
-            train, val = split_tasks(tasks, val_fraction=settings.pop("val_fraction", 0.2), seed=0)
+            train, val = split_tasks(tasks, val_fraction=settings.pop("val_fraction"),
+                                     seed=settings.pop("split_seed"))
             tasks = train if split == "train" else val
         settings.pop("val_fraction", None)
+        settings.pop("split_seed", None)
         if max_problems:
             tasks = tasks[:max_problems]
         if not tasks:
@@ -406,7 +416,8 @@ def register_loop_tools(server: MCPServer) -> None:
         Starts billable training jobs on Synth (local and free on the embedded backend). Returns a loop_id
         within wait_seconds, with progress; the loop runs on in the background and survives server restarts.
         Poll get_loop_status(loop_id) for the per-iteration table and the best model; stop it with cancel_loop.
-        Do not start a second loop for the same task while one is running. Arguments override the TOML.
+        Do not start a second loop for the same task while one is running. Arguments override the TOML;
+        resource learning://config/loop-example shows every setting and the task-file format.
         """
         with tool_errors("starting the loop"):
             args: dict[str, Any] = {}
@@ -488,6 +499,9 @@ def register_loop_tools(server: MCPServer) -> None:
         chat_url: Annotated[str | None, Field(description="OpenAI-compatible endpoint (default: the learning "
                                                           "API's inference endpoint)")] = None,
         max_problems: Annotated[int | None, Field(ge=1)] = None,
+        val_fraction: Annotated[float, Field(ge=0, lt=1, description="split rule for train/validation (as the "
+                                                                     "loop's val_fraction)")] = 0.2,
+        split_seed: Annotated[int, Field(description="as the loop's split_seed")] = 0,
         eval_id: Annotated[str | None, Field(description="check on an eval started earlier instead")] = None,
         wait_seconds: Annotated[float, Field(ge=0, le=50)] = 40,
     ) -> Annotated[CallToolResult, EvalStatusResult]:
@@ -512,7 +526,8 @@ def register_loop_tools(server: MCPServer) -> None:
                                            split=split, verifier=verifier, chat_url=chat_url,
                                            max_problems=max_problems,
                                            settings={"n": n, "temperature": temperature, "top_k": top_k,
-                                                     "top_p": top_p, "max_tokens": max_tokens})
+                                                     "top_p": top_p, "max_tokens": max_tokens,
+                                                     "val_fraction": val_fraction, "split_seed": split_seed})
             with anyio.move_on_after(wait_seconds):
                 await run.done.wait()
         summary = run.summary or {}
@@ -524,7 +539,8 @@ def register_loop_tools(server: MCPServer) -> None:
                                **{k: summary.get(k) for k in ("problems", "samples", "correct", "solved_any",
                                                               "pass_at_1", "pass_at_n", "mean_reward", "seconds")})
         text = (f"eval {run.eval_id} of {run.model}: {run.state}" +
-                (f", pass@1 {out.pass_at_1:.3f}, pass@{n} {out.pass_at_n:.3f} on {out.problems} problems"
+                (f", pass@1 {out.pass_at_1:.3f}, pass@n {out.pass_at_n:.3f} on {out.problems} problems "
+                 f"({out.samples} samples)"
                  if run.state == "succeeded" else ""))
         return result(out, text)
 

@@ -383,3 +383,15 @@ async def test_two_servers_on_one_data_dir_run_a_loop_once(backend, seed_model, 
             assert r.structured_content["state"] == "cancelled", r.content[0].text
         st = (await first.call_tool("get_loop_status", {"loop_id": loop_id})).structured_content
         assert st["state"] == "cancelled"
+
+
+def test_loop_example_resource_is_a_valid_loop_config():
+    from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, LoopConfig, parse_loop_toml
+    from learning_mcp.tools.sft_config import build_sft_plan
+
+    args, _ = parse_loop_toml(LOOP_EXAMPLE_TOML)
+    cfg = LoopConfig(**args)
+    assert cfg.reset_to_base and cfg.n == 8 and cfg.max_per_problem == 4
+    plan = build_sft_plan(cfg.sft_config, training_file_id="file-x", model=cfg.base_model, target="local",
+                          require_dataset_path=False)
+    assert plan.payload["hyperparameters"]["n_epochs"] == 3

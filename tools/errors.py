@@ -29,7 +29,7 @@ def api_failure(exc: Exception, *, action: str, hint: str = "") -> ToolFailure:
     if exc.unreachable:
         return ToolFailure("backend_unreachable",
                            f"{action} failed: {exc.detail}. Check that the learning API is running and the URL is "
-                           "right (call diagnose for the configured backend); then retry.")
+                           "right (the diagnose tool shows which API this server uses); then retry.")
     if exc.status in (401, 403):
         return ToolFailure("auth_failed", f"{action} failed: HTTP {exc.status}: {exc.detail}. Check SYNTH_API_KEY "
                                           "in the server's environment (the key itself is never shown).")

@@ -236,6 +236,62 @@ def _dump_toml(doc: dict) -> str:
     return "\n".join(lines)
 
 
+LOOP_EXAMPLE_TOML = """\
+# A ReST-EM loop (run_sft_loop(config=<this file or text>)). Arguments passed to run_sft_loop override it.
+[loop]
+base_model = "ft:/path/to/model:ftjob-123"  # or a Hub id / local path; also read from [job].model
+tasks = "tasks.jsonl"         # relative to this file
+verifier = "exact"            # exact | numeric | boxed | answer | {type = "regex", pattern = "..."} | "module:fn" | "file.py:fn"
+iterations = 3
+reset_to_base = true          # every M-step fine-tunes the base model (ReST-EM); false = continue from the last
+val_fraction = 0.2            # used only when no task has a "split"
+split_seed = 0
+# max_train_problems = 1000
+# max_val_problems = 200
+early_stopping = true         # stop when validation pass@1 has not improved for `patience` iterations
+patience = 1
+# chat_url = "http://localhost:8000/v1"   # sample from another OpenAI-compatible server (default: the learning API's)
+# task_app_url = "http://localhost:8001"  # or a Synth task app as the environment (then train_seeds/val_seeds)
+
+[eval]                        # the E-step's sampling
+n = 8                         # samples per train problem (paper: 32)
+temperature = 0.7
+top_k = 40
+max_tokens = 64
+# stop = ["\\n\\n"]
+
+[filter]
+reward_threshold = 1.0
+max_per_problem = 4           # keep at most K correct samples per problem (paper: 10)
+dedupe = true
+
+# The SFT config of every M-step: Synth's schema (see learning://config/example)
+[algorithm]
+type = "offline"
+method = "sft"
+variety = "fft"
+
+[job]
+model = "ft:/path/to/model:ftjob-123"
+
+[hyperparameters]
+n_epochs = 3
+learning_rate = 1e-5
+per_device_batch = 8
+"""
+
+TASKS_FORMAT_DOC = """\
+Task file (JSONL, one problem per line):
+  {"id": "p1", "prompt": "12+30=?", "answer": "42", "split": "train"}
+  {"id": "p2", "messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}],
+   "answer": "7", "split": "validation"}
+`id` is required and unique; `prompt` (a user message, optional `system`) or `messages`; the reference under
+`answer` (aliases: reference, solution, target, tests) is used only by the verifier; `split` is train |
+validation | test (without any split, `val_fraction` of the problems are held out by a seeded hash of the id).
+A python verifier is `fn(completion, answer, task) -> float | bool` (1 = correct).
+"""
+
+
 class LoopCancelRequested(Exception):
     """``cancel_loop`` was called from another server process (it leaves a ``cancel`` file in the loop dir)."""
 

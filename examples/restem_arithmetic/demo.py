@@ -63,7 +63,8 @@ async def run_demo(args: argparse.Namespace) -> dict:
            "TOKENIZERS_PARALLELISM": "false"}
     for name in ("SYNTH_API_KEY", "SYNTH_BACKEND_URL", "BACKEND_BASE_URL", "SYNTH_BACKEND_OVERRIDE"):
         env.pop(name, None)  # the demo runs on the embedded backend
-    params = StdioServerParameters(command=sys.executable, args=["-m", "learning_mcp"], env=env, cwd=str(HERE))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "learning_mcp", "--log-level", args.log_level],
+                                   env=env, cwd=str(HERE))
     summary: dict = {}
     try:
         async with Client(params) as client:
@@ -82,8 +83,11 @@ async def run_demo(args: argparse.Namespace) -> dict:
                                                                "wait_seconds": 20})
                 since = status["next_since_seq"]
                 prog = status.get("progress") or {}
-                say(f"  job {status['status']}: step {prog.get('step')}/{prog.get('total_steps')} "
-                    f"loss {prog.get('loss')}")
+                if prog.get("step") is not None:
+                    say(f"  job {status['status']}: step {prog['step']}/{prog.get('total_steps')} "
+                        f"loss {prog.get('loss') or 0:.4f}")
+                else:
+                    say(f"  job {status['status']}")
                 if status["terminal"]:
                     break
             if status["status"] != "succeeded":
@@ -131,19 +135,10 @@ async def run_demo(args: argparse.Namespace) -> dict:
 
 
 def stop_backend(data_dir: Path) -> None:
-    """Stop the embedded backend the server started for this demo (it is detached on purpose)."""
-    try:
-        pid = int(json.loads((data_dir / "backend.json").read_text())["pid"])
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError, KeyError):
-        return
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return
-        time.sleep(0.1)
+    """Stop the embedded backend the server started for this demo (it runs detached on purpose)."""
+    from learning_mcp.backend.launcher import stop_backend as stop
+
+    say(stop(data_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-problems", type=int, default=2000)
     parser.add_argument("--val-problems", type=int, default=500)
     parser.add_argument("--keep", action="store_true", help="do not wipe the output folder first")
+    parser.add_argument("--log-level", default="WARNING", help="the MCP server's stderr log level")
     parser.add_argument("--min-gain", type=float, default=None,
                         help="exit 1 unless held-out accuracy rises by at least this many points")
     args = parser.parse_args(argv)
