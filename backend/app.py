@@ -170,6 +170,11 @@ def create_app(data_dir: str | os.PathLike[str], *, api_key: str | None = None,
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
+        from starlette.requests import ClientDisconnect
+
+        if isinstance(exc, ClientDisconnect):  # the caller went away (e.g. a cancelled eval): nothing to answer
+            log.debug("client disconnected before the request was read")
+            return JSONResponse(error_body("client_disconnected", "client disconnected"), status_code=499)
         log.exception("unhandled error")
         return JSONResponse(error_body("internal_error", f"internal error: {type(exc).__name__}"), status_code=500)
 

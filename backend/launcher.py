@@ -103,6 +103,14 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
     if not _is_loopback(host) and not api_key:
         log.error("refusing to listen on %s without an API key: pass --api-key or set LEARNING_MCP_BACKEND_KEY", host)
         return 2
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s (is another backend running? `learning-mcp backend --status`)",
+                  host, port, exc.strerror or exc)
+        return 2
     root = resolve_data_dir(data_dir)
     app = create_app(root, api_key=api_key)
     app.state.shutdown_hooks.append(lambda: remove_backend_file(root))
