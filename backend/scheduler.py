@@ -85,15 +85,15 @@ def describe_exit(code: int | None) -> str:
 def finish_failed(store: Store, job_id: str, code: str, message: str, *, data: dict | None = None) -> None:
     """Mark a job failed with Synth's terminal event pair."""
     error = {"code": code, "message": message, "param": None}
-    if store.set_job_status(job_id, "failed", error=error):
-        store.add_event(job_id, "sft.job.failed", message, {"error": error, **(data or {})}, level="error")
-        store.add_event(job_id, "workflow.failed", message, {"error": error}, level="error")
+    store.set_job_status(job_id, "failed", error=error, events=[
+        ("sft.job.failed", message, {"error": error, **(data or {})}, "error"),
+        ("workflow.failed", message, {"error": error}, "error")])
 
 
 def finish_cancelled(store: Store, job_id: str, message: str = "job cancelled") -> None:
-    if store.set_job_status(job_id, "cancelled", error={"code": "cancelled", "message": message, "param": None}):
-        store.add_event(job_id, "sft.job.cancelled", message, {}, level="warning")
-        store.add_event(job_id, "workflow.cancelled", message, {}, level="warning")
+    store.set_job_status(job_id, "cancelled", error={"code": "cancelled", "message": message, "param": None},
+                         events=[("sft.job.cancelled", message, {}, "warning"),
+                                 ("workflow.cancelled", message, {}, "warning")])
 
 
 class Scheduler:

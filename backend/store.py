@@ -329,8 +329,12 @@ class Store:
 
     def set_job_status(self, job_id: str, status: str, *, error: dict | None = None, fine_tuned_model: str | None = None,
                        worker_pid: int | None = None, trained_tokens: int | None = None,
-                       only_if_not_terminal: bool = True) -> bool:
-        """Move a job to ``status``. Terminal states are final: returns False if the job already ended."""
+                       only_if_not_terminal: bool = True,
+                       events: list[tuple[str, str, dict | None, str]] | None = None) -> bool:
+        """Move a job to ``status``. Terminal states are final: returns False if the job already ended.
+
+        ``events`` ((type, message, data, level) tuples) are written in the same transaction, so no reader ever
+        sees a terminal status without its terminal events (or the other way round)."""
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT status, started_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -362,17 +366,24 @@ class Store:
                 "INSERT INTO timeline (job_id, phase, message, metadata, created_at) VALUES (?,?,?,?,?)",
                 (job_id, status, f"status -> {status}", _dumps({"error": error} if error else None), now),
             )
+            for type_, message, data, level in events or []:
+                self._insert_event(db, job_id, type_, message, data, level)
         return True
+
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, job_id: str, type: str, message: str, data: dict | None,
+                      level: str) -> int:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+        db.execute(
+            "INSERT INTO events (job_id, seq, type, level, message, data, created_at) VALUES (?,?,?,?,?,?,?)",
+            (job_id, seq, type, level, message, _dumps(data), time.time()),
+        )
+        return seq
 
     # -- events, metrics, timeline -------------------------------------------------------------------
     def add_event(self, job_id: str, type: str, message: str, data: dict | None = None, level: str = "info") -> int:
         with self._tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
-            db.execute(
-                "INSERT INTO events (job_id, seq, type, level, message, data, created_at) VALUES (?,?,?,?,?,?,?)",
-                (job_id, seq, type, level, message, _dumps(data), time.time()),
-            )
-        return seq
+            return self._insert_event(db, job_id, type, message, data, level)
 
     def list_events(self, job_id: str, *, since_seq: int = 0, limit: int = 200) -> list[dict]:
         rows = self._query(

@@ -108,9 +108,9 @@ def run_job(store: Store, job_id: str) -> int:
     data = {"fine_tuned_model": ft_id, "steps": result.steps, "train_loss": result.train_loss,
             "val_loss": result.val_loss, "train_tokens": result.train_tokens, "seconds": round(result.seconds, 3),
             "skipped_examples": result.skipped_examples}
-    if store.set_job_status(job_id, "succeeded", fine_tuned_model=ft_id, trained_tokens=result.train_tokens):
-        store.add_event(job_id, "sft.job.completed", f"training finished: {ft_id}", data)
-        store.add_event(job_id, "workflow.completed", f"training finished: {ft_id}", data)
+    store.set_job_status(job_id, "succeeded", fine_tuned_model=ft_id, trained_tokens=result.train_tokens, events=[
+        ("sft.job.completed", f"training finished: {ft_id}", data, "info"),
+        ("workflow.completed", f"training finished: {ft_id}", data, "info")])
     return 0
 
 

@@ -18,12 +18,59 @@ from dataclasses import dataclass, field
 class Rule:
     method: str
     path_prefix: str
-    action: str  # "status" | "drop" | "slow"
+    action: str  # "status" | "drop" | "slow" (subclasses add their own)
     times: int = 1
     status: int = 503
     retry_after: float | None = None
     delay_s: float = 0.0
     hits: int = 0
+
+
+@dataclass
+class Request:
+    """One HTTP/1.1 request as read off the socket."""
+
+    method: str
+    path: str
+    request_line: str
+    header_lines: list[str]
+    body: bytes
+
+    @property
+    def headers(self) -> dict[str, str]:
+        out = {}
+        for line in self.header_lines:
+            name, _, value = line.partition(":")
+            out[name.strip().lower()] = value.strip()
+        return out
+
+    def raw(self) -> bytes:
+        """The request to send upstream, as one exchange (``Connection: close``)."""
+        kept = [h for h in self.header_lines if not h.lower().startswith(("connection:", "keep-alive:"))]
+        head = self.request_line + "\r\n" + "\r\n".join(kept + ["Connection: close"]) + "\r\n\r\n"
+        return head.encode("latin-1") + self.body
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    request = Request(method, path, lines[0], [l for l in lines[1:] if l], b"")
+    length = int(request.headers.get("content-length", "0") or 0)
+    request.body = await reader.readexactly(length) if length else b""
+    return request
+
+
+async def write_json(writer: asyncio.StreamWriter, status: int, payload: object, *, reason: str = "Injected",
+                     extra_headers: str = "") -> None:
+    body = json.dumps(payload).encode()
+    writer.write((f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra_headers}"
+                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+    await writer.drain()
+    writer.close()
 
 
 @dataclass
@@ -38,52 +85,46 @@ class FaultProxy:
         self.rules.append(rule)
         return rule
 
-    def _match(self, method: str, path: str) -> Rule | None:
+    def _match(self, method: str, path: str, actions: set[str] | None = None) -> Rule | None:
         for rule in self.rules:
-            if rule.method in (method, "*") and path.startswith(rule.path_prefix) and rule.hits < rule.times:
+            if (rule.method in (method, "*") and path.startswith(rule.path_prefix) and rule.hits < rule.times
+                    and (actions is None or rule.action in actions)):
                 rule.hits += 1
                 return rule
         return None
 
+    async def forward(self, request: Request) -> bytes:
+        """Send the request to the backend and return its whole answer."""
+        up_reader, up_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
+        up_writer.write(request.raw())
+        await up_writer.drain()
+        response = await up_reader.read()
+        up_writer.close()
+        return response
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        request = await read_request(reader)
+        if request is None:
             writer.close()
             return
-        lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        headers = [l for l in lines[1:] if l]
-        length = 0
-        for h in headers:
-            if h.lower().startswith("content-length:"):
-                length = int(h.split(":", 1)[1].strip())
-        body = await reader.readexactly(length) if length else b""
-        rule = self._match(method, path)
+        await self.serve(request, writer)
+
+    async def serve(self, request: Request, writer: asyncio.StreamWriter) -> None:
+        method, path = request.method, request.path
+        rule = self._match(method, path, {"status", "drop", "slow"})
         if rule is not None and rule.action == "drop":
             self.log.append((method, path, "drop"))
             writer.transport.abort()
             return
         if rule is not None and rule.action == "status":
             self.log.append((method, path, str(rule.status)))
-            payload = json.dumps({"detail": f"injected {rule.status}"}).encode()
             extra = f"Retry-After: {rule.retry_after:g}\r\n" if rule.retry_after is not None else ""
-            writer.write((f"HTTP/1.1 {rule.status} Injected\r\nContent-Type: application/json\r\n{extra}"
-                          f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload)
-            await writer.drain()
-            writer.close()
+            await write_json(writer, rule.status, {"detail": f"injected {rule.status}"}, extra_headers=extra)
             return
         if rule is not None and rule.action == "slow":
             await asyncio.sleep(rule.delay_s)
         self.log.append((method, path, "forward"))
-        up_reader, up_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
-        kept = [h for h in headers if not h.lower().startswith(("connection:", "keep-alive:"))]
-        up_writer.write((lines[0] + "\r\n" + "\r\n".join(kept + ["Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-        up_writer.write(body)
-        await up_writer.drain()
-        response = await up_reader.read()
-        up_writer.close()
-        writer.write(response)
+        writer.write(await self.forward(request))
         await writer.drain()
         writer.close()
 

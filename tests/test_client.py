@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from conftest import arithmetic_rows, free_port, wait_file_ready, write_jsonl
-from fault_proxy import FaultProxy, Rule
+from fault_proxy import FaultProxy, Request, write_json
 from learning_mcp.tools.client import (FILE_READY, STATUS_ALIASES, LearningAPIError, LearningClient, RetryPolicy,
                                        job_id_of, normalize_status)
 from learning_mcp.tools.settings import Target, ensure_api_base, resolve_target
@@ -43,64 +43,27 @@ class ScriptedProxy(FaultProxy):
         self.echo_padding = 0  # characters put in front of the echoed header in echo_auth answers
         self.canned: dict[str, object] = {}  # path prefix -> JSON body answered (200) by a "canned" rule
 
-    def _own_rule(self, method: str, path: str) -> Rule | None:
-        for rule in self.rules:
-            if (rule.action in OWN_ACTIONS and rule.method in (method, "*") and path.startswith(rule.path_prefix)
-                    and rule.hits < rule.times):
-                rule.hits += 1
-                return rule
-        return None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            writer.close()
-            return
-        lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", 0) or 0))
+    async def serve(self, request: Request, writer: asyncio.StreamWriter) -> None:
+        method, path, headers = request.method, request.path, request.headers
         self.requests.append((method, path, headers))
-        rule = self._own_rule(method, path)
+        rule = self._match(method, path, OWN_ACTIONS)
         if rule is not None and rule.action == "echo_auth":
             self.log.append((method, path, f"echo_auth {rule.status}"))
             auth = headers.get("authorization", "<none>")
-            payload = json.dumps({"detail": "." * self.echo_padding + f"rejected credentials {auth!s} for {path}",
-                                  "error": {"message": f"header was: Authorization: {auth}"}}).encode()
-            writer.write((f"HTTP/1.1 {rule.status} Echo\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload)
-            await writer.drain()
-            writer.close()
+            await write_json(writer, rule.status, {
+                "detail": "." * self.echo_padding + f"rejected credentials {auth!s} for {path}",
+                "error": {"message": f"header was: Authorization: {auth}"}}, reason="Echo")
             return
         if rule is not None and rule.action == "canned":
             self.log.append((method, path, "canned"))
-            payload = json.dumps(self.canned[rule.path_prefix]).encode()
-            writer.write((f"HTTP/1.1 {rule.status} OK\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload)
-            await writer.drain()
-            writer.close()
+            await write_json(writer, rule.status, self.canned[rule.path_prefix], reason="OK")
             return
         if rule is not None and rule.action == "forward_then_drop":
-            up_reader, up_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
-            kept = [l for l in lines[1:] if l and not l.lower().startswith(("connection:", "keep-alive:"))]
-            up_writer.write((lines[0] + "\r\n" + "\r\n".join(kept + ["Connection: close"]) + "\r\n\r\n")
-                            .encode("latin-1") + body)
-            await up_writer.drain()
-            self.dropped_answers.append(await up_reader.read())
-            up_writer.close()
+            self.dropped_answers.append(await self.forward(request))
             self.log.append((method, path, "forward_then_drop"))
             writer.transport.abort()
             return
-        # everything else: the shared proxy's behaviour, on a reader that replays what was already read
-        replay = asyncio.StreamReader()
-        replay.feed_data(head + body)
-        replay.feed_eof()
-        await super()._handle(replay, writer)
+        await super().serve(request, writer)  # everything else: the shared proxy's behaviour
 
 
 @pytest.fixture
