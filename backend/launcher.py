@@ -49,10 +49,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def write_backend_file(data_dir: Path, url: str) -> None:
+    from learning_mcp.tools.atomic import write_text_atomic
+
     info = {"url": url, "pid": os.getpid(), "version": _version(), "started_at": time.time()}
-    tmp = data_dir / f".{BACKEND_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, data_dir / BACKEND_FILE)
+    write_text_atomic(data_dir / BACKEND_FILE, json.dumps(info))
 
 
 def remove_backend_file(data_dir: Path) -> None:

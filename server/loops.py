@@ -8,9 +8,7 @@ call's wait; ``cancel_loop`` is the one way to stop a loop, and it cancels the l
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field

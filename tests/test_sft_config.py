@@ -146,7 +146,7 @@ def test_reference_example_payload_matches_synth_field_for_field_and_in_key_orde
     plan = build_sft_plan(config_path, target="synth", dataset=dataset, cwd=tmp_path)
 
     synth_fields = copy.deepcopy(plan.payload)
-    forwarded_weight_decay = synth_fields["hyperparameters"].pop("weight_decay")
+    assert synth_fields["hyperparameters"].pop("weight_decay") == 0.01  # forwarded (Synth drops it)
     expected = json.loads(REFERENCE_PAYLOAD_JSON)
     assert synth_fields == expected
     # json.dumps keeps insertion order, so equal strings mean equal key order at every level.

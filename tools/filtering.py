@@ -37,10 +37,8 @@ against the file's folder (an MCP server's working directory is arbitrary); judg
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import random
-import tempfile
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -48,6 +46,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_jsonl_atomic
 from .traces import TraceSample, TraceStore
 
 __all__ = [
@@ -374,25 +373,6 @@ def sample_to_example(row: TraceSample, *, system_prompt: str | None = None) -> 
     }
 
 
-def _write_jsonl_atomic(path: Path, examples: Iterable[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    written = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for example in examples:
-                handle.write(json.dumps(example, ensure_ascii=False))
-                handle.write("\n")
-                written += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return written
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Report and entry point
 
@@ -456,7 +436,7 @@ def filter_traces(spec: FilterSpec, store: TraceStore | None = None) -> FilterRe
     start = spec.offset or 0
     limited = capped[start : start + spec.limit] if spec.limit is not None else capped[start:]
     output = Path(spec.output).expanduser().resolve()
-    written = _write_jsonl_atomic(output, (sample_to_example(r, system_prompt=spec.system_prompt) for r in limited))
+    written = write_jsonl_atomic(output, (sample_to_example(r, system_prompt=spec.system_prompt) for r in limited))
     counts = {
         "matched": len(matched),
         "rewarded": len(rewarded),

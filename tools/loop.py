@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import tomllib
 from pathlib import Path
@@ -310,10 +309,9 @@ class LoopRunner:
     # -- persistence -----------------------------------------------------------------------------------
     def save(self) -> None:
         self.state.updated_at = time.time()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"state.json.{os.getpid()}.tmp"
-        tmp.write_text(self.state.model_dump_json(indent=1))
-        os.replace(tmp, self.dir / "state.json")
+        from learning_mcp.tools.atomic import write_text_atomic
+
+        write_text_atomic(self.dir / "state.json", self.state.model_dump_json(indent=1))
 
     def check_cancel(self) -> None:
         if (self.dir / "cancel").exists():

@@ -199,6 +199,10 @@ def experimental_models() -> frozenset[str]:
     return EXPERIMENTAL_DEFAULT_MODELS | _parse_experimental_env()
 
 
+# Synth's module constant, computed at import as Synth does; the checks call experimental_models() instead.
+EXPERIMENTAL_MODELS: Final[frozenset[str]] = experimental_models()
+
+
 def experimental_enabled() -> bool:
     """Whether ``SDK_EXPERIMENTAL`` unlocks experimental models (Synth accepts exactly ``"1"``)."""
     return os.environ.get(EXPERIMENTAL_ENV, "0") == "1"

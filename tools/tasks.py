@@ -37,11 +37,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_jsonl_atomic
 
 __all__ = [
     "ANSWER_KEYS",
@@ -306,17 +307,5 @@ def task_to_record(task: Task) -> dict:
 def write_tasks(path: str | os.PathLike[str], tasks: Iterable[Task]) -> Path:
     """Write tasks as JSONL (atomically: temp file + rename). Returns the path written."""
     file_path = Path(path).expanduser()
-    file_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{file_path.name}.", suffix=".tmp", dir=file_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for task in tasks:
-                handle.write(json.dumps(task_to_record(task), ensure_ascii=False))
-                handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, file_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_jsonl_atomic(file_path, (task_to_record(task) for task in tasks))
     return file_path
