@@ -144,3 +144,14 @@ def wait_file_ready(api: str, file_id: str, timeout: float = 30) -> dict:
             return rec
         time.sleep(0.1)
     raise AssertionError(f"file {file_id} stayed processing")
+
+
+@pytest.fixture
+def proxy(backend):
+    """A fault-injecting proxy (``fault_proxy.ScriptedProxy``) in front of the session backend; ``proxy.url``."""
+    from fault_proxy import ScriptedProxy
+
+    p = ScriptedProxy("127.0.0.1", backend.port)
+    p.url = p.start()
+    yield p
+    p.stop()

@@ -151,3 +151,43 @@ class FaultProxy:
         loop = self._box["loop"]
         loop.call_soon_threadsafe(self._box["server"].close)
         loop.call_soon_threadsafe(loop.stop)
+
+
+OWN_ACTIONS = {"forward_then_drop", "echo_auth", "canned"}
+
+
+class ScriptedProxy(FaultProxy):
+    """A :class:`FaultProxy` that records every request's headers, with three more actions:
+    ``forward_then_drop`` (the request reaches the backend, its answer is thrown away and the client's connection
+    aborted), ``echo_auth`` (answer ``status`` with a body echoing the ``Authorization`` header, like a careless
+    API) and ``canned`` (answer ``status`` with the JSON in ``proxy.canned[path_prefix]``, to play an API whose
+    records differ from the embedded backend's)."""
+
+    def __init__(self, upstream_host: str, upstream_port: int):
+        super().__init__(upstream_host, upstream_port)
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, lower-cased headers)
+        self.dropped_answers: list[bytes] = []  # what the backend answered to a forward_then_drop request
+        self.echo_padding = 0  # characters put in front of the echoed header in echo_auth answers
+        self.canned: dict[str, object] = {}  # path prefix -> JSON body answered (200) by a "canned" rule
+
+    async def serve(self, request: Request, writer: asyncio.StreamWriter) -> None:
+        method, path, headers = request.method, request.path, request.headers
+        self.requests.append((method, path, headers))
+        rule = self._match(method, path, OWN_ACTIONS)
+        if rule is not None and rule.action == "echo_auth":
+            self.log.append((method, path, f"echo_auth {rule.status}"))
+            auth = headers.get("authorization", "<none>")
+            await write_json(writer, rule.status, {
+                "detail": "." * self.echo_padding + f"rejected credentials {auth!s} for {path}",
+                "error": {"message": f"header was: Authorization: {auth}"}}, reason="Echo")
+            return
+        if rule is not None and rule.action == "canned":
+            self.log.append((method, path, "canned"))
+            await write_json(writer, rule.status, self.canned[rule.path_prefix], reason="OK")
+            return
+        if rule is not None and rule.action == "forward_then_drop":
+            self.dropped_answers.append(await self.forward(request))
+            self.log.append((method, path, "forward_then_drop"))
+            writer.transport.abort()
+            return
+        await super().serve(request, writer)  # everything else: the shared proxy's behaviour

@@ -6,16 +6,11 @@ What is pinned here: base-URL normalisation (never ``/api/api``), the upload pat
 answer is lost after the backend made the job is retried and still yields one job), the shape of
 ``LearningAPIError`` and the status aliases.
 
-``ScriptedProxy`` extends the shared :class:`FaultProxy` with two actions the MCP tests reuse:
-``forward_then_drop`` (the request reaches the backend, the answer is thrown away and the client's connection is
-aborted), ``echo_auth`` (answer ``status`` with a body that echoes the ``Authorization`` header, like a
-careless API would) and ``canned`` (answer ``status`` with the JSON in ``proxy.canned[path_prefix]``, to play
-an API whose records differ from the embedded backend's). It also records every request's headers.
+The ``proxy`` fixture (conftest) is a ``fault_proxy.ScriptedProxy`` in front of the session backend.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -24,54 +19,12 @@ import httpx
 import pytest
 
 from conftest import arithmetic_rows, free_port, wait_file_ready, write_jsonl
-from fault_proxy import FaultProxy, Request, write_json
+from fault_proxy import ScriptedProxy
 from learning_mcp.tools.client import (FILE_READY, STATUS_ALIASES, LearningAPIError, LearningClient, RetryPolicy,
                                        job_id_of, normalize_status)
 from learning_mcp.tools.settings import Target, ensure_api_base, resolve_target
 
-OWN_ACTIONS = {"forward_then_drop", "echo_auth", "canned"}
 FAST_RETRY = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
-
-
-class ScriptedProxy(FaultProxy):
-    """A :class:`FaultProxy` with header recording and the ``forward_then_drop`` / ``echo_auth`` actions."""
-
-    def __init__(self, upstream_host: str, upstream_port: int):
-        super().__init__(upstream_host, upstream_port)
-        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, lower-cased headers)
-        self.dropped_answers: list[bytes] = []  # what the backend answered to a forward_then_drop request
-        self.echo_padding = 0  # characters put in front of the echoed header in echo_auth answers
-        self.canned: dict[str, object] = {}  # path prefix -> JSON body answered (200) by a "canned" rule
-
-    async def serve(self, request: Request, writer: asyncio.StreamWriter) -> None:
-        method, path, headers = request.method, request.path, request.headers
-        self.requests.append((method, path, headers))
-        rule = self._match(method, path, OWN_ACTIONS)
-        if rule is not None and rule.action == "echo_auth":
-            self.log.append((method, path, f"echo_auth {rule.status}"))
-            auth = headers.get("authorization", "<none>")
-            await write_json(writer, rule.status, {
-                "detail": "." * self.echo_padding + f"rejected credentials {auth!s} for {path}",
-                "error": {"message": f"header was: Authorization: {auth}"}}, reason="Echo")
-            return
-        if rule is not None and rule.action == "canned":
-            self.log.append((method, path, "canned"))
-            await write_json(writer, rule.status, self.canned[rule.path_prefix], reason="OK")
-            return
-        if rule is not None and rule.action == "forward_then_drop":
-            self.dropped_answers.append(await self.forward(request))
-            self.log.append((method, path, "forward_then_drop"))
-            writer.transport.abort()
-            return
-        await super().serve(request, writer)  # everything else: the shared proxy's behaviour
-
-
-@pytest.fixture
-def proxy(backend):
-    p = ScriptedProxy("127.0.0.1", backend.port)
-    p.url = p.start()
-    yield p
-    p.stop()
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ from mcp.types import CallToolResult
 
 from conftest import arithmetic_rows, free_port, write_jsonl
 from learning_mcp.server.app import ServerSettings, create_server
-from test_client import ScriptedProxy
 
 MODES = ["auto", "legacy"]
 PROTOCOL = {"auto": "2026-07-28", "legacy": "2025-11-25"}
@@ -154,14 +153,6 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mcp-ds")
     write_jsonl(root / "train.jsonl", arithmetic_rows(32, seed=1))
     return root
-
-
-@pytest.fixture
-def proxy(backend):
-    p = ScriptedProxy("127.0.0.1", backend.port)
-    p.url = p.start()
-    yield p
-    p.stop()
 
 
 # ------------------------------------------------------------------------------------------------------

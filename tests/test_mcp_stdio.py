@@ -29,7 +29,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from conftest import arithmetic_rows, write_jsonl
-from test_client import ScriptedProxy
+from fault_proxy import ScriptedProxy
 from test_mcp_server import MODES, PROTOCOL, SECRET, Session, open_session, poll_to_terminal, sft_toml
 
 REMOTE_VARS = ("SYNTH_API_KEY", "SYNTH_BACKEND_URL", "BACKEND_BASE_URL", "SYNTH_BACKEND_OVERRIDE",
