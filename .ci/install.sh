@@ -22,7 +22,7 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   # torch first: a CPU build where one is on this machine's disk (PyPI's default wheel is a multi-GB CUDA
   # build); any torch >= 2.4 works, so fall back to whatever pip resolves.
   pipq install -q "torch==2.13.0" || pipq install -q "torch>=2.4"
-  pipq install -q -e ".[train,test]"
+  pipq install -q -e ".[train,test,math,charts,ray]"
   python -c "import learning_mcp.server.app, torch, transformers, trl, peft, fastapi" >/dev/null
   touch .venv/.installed
 fi

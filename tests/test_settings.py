@@ -109,7 +109,7 @@ HASH_IN_VALUE=abc#def
 EMPTY=
 EQUALS=a=b=c
 QUOTED_WITH_COMMENT="quoted" # and a comment
-ESCAPED="say \\"hi\\"" # escapes are kept as written
+ESCAPED="say \\"hi\\"" # escapes are read as python-dotenv reads them
 URL=https://api.usesynth.ai/api?x=1
 no_equals_line
 """)
@@ -125,7 +125,7 @@ no_equals_line
         "EMPTY": "",
         "EQUALS": "a=b=c",
         "QUOTED_WITH_COMMENT": "quoted",
-        "ESCAPED": 'say \\"hi\\"',
+        "ESCAPED": 'say "hi"',  # python-dotenv (the parser Synth uses) unescapes inside double quotes
         "URL": "https://api.usesynth.ai/api?x=1",
     }
 

@@ -1,23 +1,56 @@
-"""The one exception type tool logic raises for an expected failure.
+"""The one error type of learning-mcp, and its mapping to the learning API's error body.
 
-``ToolFailure`` carries a stable snake_case ``code`` and a message that says what was wrong and what to do
-next. The MCP layer turns it into a ``ToolError`` (the text the model reads); library callers (the ReST-EM
-loop, scripts) catch it directly. Nothing in here may contain an API key: messages are built from
-``LearningAPIError`` details, which the client has already redacted.
+Every expected failure anywhere in the project is a :class:`LearningMCPError` (or a subclass) carrying
+
+* ``code``    — a stable snake_case code (``invalid_config``, ``backend_unreachable``, ``model_not_found`` …);
+* ``message`` — what was wrong and what to do next (for the agent: which tool to call);
+* ``param``   — the offending field or argument, when there is one (``hyperparameters.sequence_length``);
+* ``data``    — extra structured detail (never a secret);
+* ``status``  — the HTTP status the backend answers it with (400 unless a subclass says otherwise).
+
+It is translated once at each edge: the MCP server turns it into a ``ToolError`` whose text is
+``[code] message`` (:func:`tool_text`), the backend into ``{"detail": message, "error": {code, message, param}}``
+(learning-api.md §3.9) — no other exception type crosses a boundary. ``ToolFailure`` is the historical name used
+by tool logic and stays an alias of the base type.
+
+Nothing in here may contain an API key: messages are built from ``LearningAPIError`` details, which the client
+has already redacted.
 """
 
 from __future__ import annotations
 
+from typing import Any
 
-class ToolFailure(Exception):
-    def __init__(self, code: str, message: str, *, data: dict | None = None):
+
+class LearningMCPError(Exception):
+    """An expected failure: ``code``, ``message``, optional ``param``, ``data`` and HTTP ``status``."""
+
+    status: int = 400
+
+    def __init__(self, code: str, message: str, *, param: str | None = None, data: dict | None = None,
+                 status: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.param = param
         self.data = data or {}
+        if status is not None:
+            self.status = status
 
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"
+
+    def error_body(self) -> dict[str, Any]:
+        """The backend's JSON error body (learning-api.md §3.9)."""
+        return {"detail": self.message, "error": {"code": self.code, "message": self.message, "param": self.param}}
+
+
+ToolFailure = LearningMCPError
+
+
+def tool_text(exc: LearningMCPError) -> str:
+    """The text an agent reads for a failed tool call: ``[code] message``."""
+    return f"[{exc.code}] {exc.message}"
 
 
 def api_failure(exc: Exception, *, action: str, hint: str = "") -> ToolFailure:
@@ -41,4 +74,5 @@ def api_failure(exc: Exception, *, action: str, hint: str = "") -> ToolFailure:
                                             f"retries ({exc.detail}); retry later.")
     code = exc.code if exc.code and not exc.code.startswith("http_") else f"http_{exc.status}"
     param = f" (field: {exc.param})" if exc.param else ""
-    return ToolFailure(code, f"{action} failed: HTTP {exc.status}: {exc.detail}{param}. {hint}".strip())
+    return ToolFailure(code, f"{action} failed: HTTP {exc.status}: {exc.detail}{param}. {hint}".strip(),
+                       param=exc.param)

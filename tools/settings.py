@@ -18,7 +18,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SYNTH_DEFAULT_ORIGIN = "https://api.usesynth.ai"
 URL_ENV_VARS = ("SYNTH_BACKEND_URL", "BACKEND_BASE_URL", "SYNTH_BACKEND_OVERRIDE")
@@ -36,27 +40,9 @@ def ensure_api_base(base: str) -> str:
 
 
 def parse_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """A small ``.env`` reader: ``KEY=VALUE`` lines, ``export`` prefixes, quotes, ``#`` comments."""
-    values: dict[str, str] = {}
-    for raw in Path(path).read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
-        quoted = _QUOTED.match(value)
-        if quoted and value[quoted.end():].lstrip().startswith("#"):  # "quoted value" # comment
-            value = quoted.group(2)
-        elif len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
-    return values
+    """The ``KEY=VALUE`` pairs of a ``.env`` file, parsed by python-dotenv (the parser Synth's CLI uses, so
+    quoting, ``export`` prefixes, comments and escapes read the same). Lines without ``=`` are skipped."""
+    return {k: v for k, v in dotenv_values(path, encoding="utf-8").items() if v is not None}
 
 
 def load_env(env_files: list[str] | tuple[str, ...] = (), environ: Mapping[str, str] | None = None,
@@ -154,3 +140,69 @@ def endpoint_key(url: str, target: Target, key_env: str | None, *, environ: Mapp
     if target.api_key and same_origin(url, target.api_base):
         return target.api_key
     return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# the one settings object
+# --------------------------------------------------------------------------------------------------------
+DATA_DIR_ENV = "LEARNING_MCP_DATA_DIR"
+DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024 ** 3
+
+
+class Settings(BaseSettings):
+    """Every project setting, read once at start-up (:meth:`load`) and passed explicitly from there on.
+
+    Sources, highest first: keyword overrides (command-line flags), ``--env-file`` files (later files win),
+    the process environment, a ``.env`` in the working directory (fills only what is unset) — Synth's CLI
+    precedence (``learning-api.md`` §2, decision §9.15). Environment names are Synth's where Synth has one.
+    ``environ`` keeps the merged mapping for variables named at run time (a task app's ``ENVIRONMENT_API_KEY``,
+    an operator-allowed ``chat_api_key_env``); nothing else in the project reads ``os.environ`` for settings.
+    Secrets are ``SecretStr`` and never appear in ``repr``.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    synth_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("synth_api_key", KEY_ENV_VAR))
+    backend_url: str | None = Field(None, validation_alias=AliasChoices("backend_url", *URL_ENV_VARS))
+    backend_key: SecretStr | None = Field(None, validation_alias=AliasChoices("backend_key", LOCAL_KEY_ENV_VAR))
+    data_dir: str | None = Field(None, validation_alias=AliasChoices("data_dir", DATA_DIR_ENV))
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, validation_alias=AliasChoices(
+        "max_upload_bytes", "LEARNING_MCP_MAX_UPLOAD_BYTES"))
+    max_concurrent_jobs: int = Field(1, ge=1, validation_alias=AliasChoices(
+        "max_concurrent_jobs", "LEARNING_MCP_MAX_CONCURRENT_JOBS"))
+    torch_threads: int | None = Field(None, ge=1, validation_alias=AliasChoices(
+        "torch_threads", "LEARNING_MCP_TORCH_THREADS"))
+    sdk_experimental: bool = Field(False, validation_alias=AliasChoices("sdk_experimental", "SDK_EXPERIMENTAL"))
+    sdk_experimental_models: str = Field("", validation_alias=AliasChoices(
+        "sdk_experimental_models", "SDK_EXPERIMENTAL_MODELS"))
+    allowed_key_envs: str = Field("", validation_alias=AliasChoices("allowed_key_envs", ALLOWED_KEY_ENVS_VAR))
+    hf_hub_offline: bool = Field(False, validation_alias=AliasChoices("hf_hub_offline", "HF_HUB_OFFLINE"))
+    env_files: tuple[str, ...] = ()
+    environ: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)  # only load() reads the environment, so a Settings() in a test is hermetic
+
+    @classmethod
+    def load(cls, env_files: list[str] | tuple[str, ...] = (), *, environ: Mapping[str, str] | None = None,
+             cwd: Path | None = None, **overrides: Any) -> "Settings":
+        """Build the settings from the environment, env files and overrides (``None`` overrides are ignored).
+        Raises ``FileNotFoundError`` for a missing env file and ``pydantic.ValidationError`` for a bad value."""
+        env = load_env(list(env_files), environ=environ, cwd=cwd)
+        values: dict[str, Any] = {k: v for k, v in env.items() if v != ""}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values, env_files=tuple(str(p) for p in env_files), environ=env)
+
+    @property
+    def api_key(self) -> str | None:
+        return self.synth_api_key.get_secret_value() if self.synth_api_key else None
+
+    @property
+    def local_key(self) -> str | None:
+        return self.backend_key.get_secret_value() if self.backend_key else None
+
+    @property
+    def allowed_key_env_names(self) -> frozenset[str]:
+        return frozenset(v.strip() for v in self.allowed_key_envs.split(",") if v.strip())
