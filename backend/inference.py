@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from learning_mcp.tools.errors import LearningMCPError
+
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -71,15 +73,11 @@ KNOWN_FIELDS = {"model", "messages", "tools", "n", "temperature", "top_p", "top_
                 "max_completion_tokens", "stop", "seed", "stream"} | IGNORED_FIELDS
 
 
-class InferenceError(Exception):
+class InferenceError(LearningMCPError):
     """A request the engine refuses; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(code, message, param=param, status=status)
 
 
 # --------------------------------------------------------------------------------------------------

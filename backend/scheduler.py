@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from learning_mcp.backend.store import Store
@@ -98,8 +99,9 @@ def finish_cancelled(store: Store, job_id: str, message: str = "job cancelled") 
 
 class Scheduler:
     def __init__(self, store: Store, *, max_concurrent: int = 1, poll_s: float = 0.25, kill_after_s: float = 15.0,
-                 file_wait_s: float = 600.0):
+                 file_wait_s: float = 600.0, worker_env: Mapping[str, str] | None = None):
         self.store = store
+        self.worker_env = dict(worker_env) if worker_env is not None else None  # None: this process's environment
         self.max_concurrent = max(1, max_concurrent)
         self.poll_s = poll_s
         self.kill_after_s = kill_after_s
@@ -204,7 +206,7 @@ class Scheduler:
         log_file = open(log_path, "ab")
         cmd = [sys.executable, "-m", "learning_mcp.backend.worker", "--data-dir", str(self.store.paths.root),
                "--job-id", job_id]
-        env = dict(os.environ)
+        env = dict(os.environ if self.worker_env is None else self.worker_env)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         self._running[job_id] = _Running(job_id, popen.pid, popen, log_file=log_file)

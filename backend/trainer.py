@@ -47,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from learning_mcp.tools.errors import LearningMCPError
+from learning_mcp.tools.sft_contract import ContractError, SFTHyperparameters, parse_hyperparameters
+
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -115,14 +118,11 @@ class TrainResult:
     tokens_per_second: float | None = None
 
 
-class TrainingError(Exception):
+class TrainingError(LearningMCPError):
     """A job-level failure with an API error object's fields."""
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(code, message, param=param)
 
 
 class TrainingCancelled(Exception):
@@ -141,29 +141,14 @@ class TrainingCancelled(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
-def _hp_number(hparams: dict, key: str, *, kind: type = float, minimum: float | None = None,
-               maximum: float | None = None, exclusive_min: bool = False) -> Any:
-    """``hparams[key]`` as ``kind`` (None when absent), or a TrainingError naming the key."""
-    value = hparams.get(key)
-    if value is None:
-        return None
-    param = f"hyperparameters.{key}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TrainingError("invalid_hyperparameters", f"{key} must be a number, got {value!r}", param)
+def _hyperparameters(hparams: dict | SFTHyperparameters | None) -> SFTHyperparameters:
+    """``hparams`` validated by the SFT contract (:mod:`learning_mcp.tools.sft_contract`, where every limit lives),
+    or a TrainingError ``invalid_hyperparameters`` naming the key. The backend checked the same contract when the
+    job was created, so this fails only for callers that bypass it."""
     try:
-        number = float(value)
-    except ValueError:
-        raise TrainingError("invalid_hyperparameters", f"{key} must be a number, got {value!r}", param) from None
-    if kind is int:
-        if not number.is_integer():
-            raise TrainingError("invalid_hyperparameters", f"{key} must be an integer, got {value!r}", param)
-        number = int(number)
-    if not math.isfinite(number) or (minimum is not None and (number <= minimum if exclusive_min else number < minimum)):
-        bound = f"> {minimum}" if exclusive_min else f">= {minimum}"
-        raise TrainingError("invalid_hyperparameters", f"{key} must be {bound}, got {value!r}", param)
-    if maximum is not None and number > maximum:
-        raise TrainingError("invalid_hyperparameters", f"{key} must be <= {maximum}, got {value!r}", param)
-    return number
+        return parse_hyperparameters(hparams)
+    except ContractError as exc:
+        raise TrainingError("invalid_hyperparameters", exc.message, exc.param) from None
 
 
 def _truthy(value: Any) -> bool:
@@ -172,12 +157,13 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def select_strategy(hparams: dict, effective_config: dict) -> tuple[str, bool]:
+def select_strategy(hparams: dict | SFTHyperparameters, effective_config: dict) -> tuple[str, bool]:
     """``("full" | "lora", qlora_requested)`` from ``train_kind`` / ``training.mode`` / ``use_qlora``."""
+    hp = _hyperparameters(hparams)
     training = (effective_config or {}).get("training") or {}
-    train_kind = str(hparams.get("train_kind") or "").strip().lower()
+    train_kind = (hp.train_kind or "").strip().lower()
     mode = str(training.get("mode") or "").strip().lower()
-    qlora = _truthy(training.get("use_qlora")) or _truthy(hparams.get("use_qlora")) or train_kind == "qlora"
+    qlora = _truthy(training.get("use_qlora")) or _truthy(hp.extra("use_qlora")) or train_kind == "qlora"
     lora = qlora or train_kind in ("peft", "lora") or mode in ("lora", "peft", "qlora")
     return ("lora" if lora else "full"), qlora
 
@@ -192,30 +178,19 @@ def estimate_total_steps(n_examples: int, per_device_batch: int, grad_accum: int
     return max(1, math.ceil(epochs * steps_per_epoch))
 
 
-def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str = "full",
+def build_sft_config(hparams: dict | SFTHyperparameters, n_examples: int, device: str, *, kind: str = "full",
                      has_eval: bool = False, output_dir: str | Path = "sft-output", seed: int = 0,
                      model_max_length: int | None = None, bf16_supported: bool = False) -> dict[str, Any]:
     """Map Synth ``hyperparameters`` onto ``SFTConfig`` keyword arguments (training-notes §7.5).
 
-    Pure: no torch. ``device`` is ``"cpu"`` or ``"cuda"``; ``kind`` picks the default learning rate.
+    Pure: no torch. ``device`` is ``"cpu"`` or ``"cuda"``; ``kind`` picks the default learning rate. Raises
+    TrainingError ``invalid_hyperparameters`` for values the SFT contract refuses.
     """
-    hparams = hparams or {}
-    parallelism = hparams.get("parallelism") or {}
-    if not isinstance(parallelism, dict):
-        raise TrainingError("invalid_hyperparameters", "parallelism must be an object", "hyperparameters.parallelism")
-
-    epochs = _hp_number(hparams, "n_epochs", minimum=0, exclusive_min=True)
-    max_steps = None
-    for key in ("total_steps", "train_steps", "steps", "max_steps"):
-        max_steps = _hp_number(hparams, key, kind=int, minimum=1)
-        if max_steps is not None:
-            break
-
-    per_device = _hp_number(hparams, "per_device_batch", kind=int, minimum=1)
-    grad_accum = _hp_number(hparams, "gradient_accumulation_steps", kind=int, minimum=1)
-    global_batch = _hp_number(hparams, "global_batch", kind=int, minimum=1)
-    if global_batch is None:
-        global_batch = _hp_number(hparams, "batch_size", kind=int, minimum=1)
+    hp = _hyperparameters(hparams)
+    parallelism = hp.parallelism or {}
+    max_steps = hp.step_limit
+    per_device, grad_accum = hp.per_device_batch, hp.gradient_accumulation_steps
+    global_batch = hp.global_batch or hp.batch_size
     if per_device is None:
         per_device = max(1, min(DEFAULT_MAX_PER_DEVICE_BATCH, n_examples, global_batch or n_examples))
     if grad_accum is None:
@@ -224,42 +199,28 @@ def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str =
             logger.info("global batch %d is not a multiple of per_device_batch %d; using %d accumulation steps",
                         global_batch, per_device, grad_accum)
 
-    max_length = _hp_number(hparams, "sequence_length", kind=int, minimum=8)
-    if max_length is None:
-        max_length = _hp_number(hparams, "max_length", kind=int, minimum=8)
-    if max_length is None:
-        max_length = 1024
+    max_length = hp.sequence_length or hp.max_length or 1024
     if model_max_length:
         max_length = min(max_length, model_max_length)
-
-    learning_rate = _hp_number(hparams, "learning_rate", minimum=0, exclusive_min=True)
-    if learning_rate is None:
-        learning_rate = DEFAULT_LR_LORA if kind == "lora" else DEFAULT_LR_FULL
-    warmup_ratio = _hp_number(hparams, "warmup_ratio", minimum=0, maximum=1)
-    warmup_steps = _hp_number(hparams, "warmup_steps", kind=int, minimum=0)
-    weight_decay = _hp_number(hparams, "weight_decay", minimum=0) or 0.0
-    max_grad_norm = _hp_number(hparams, "max_grad_norm", minimum=0)
-    scheduler = str(hparams.get("lr_scheduler_type") or hparams.get("lr_scheduler") or "linear")
-
-    total_steps = estimate_total_steps(n_examples, per_device, grad_accum, epochs or 1.0, max_steps)
+    learning_rate = hp.learning_rate or (DEFAULT_LR_LORA if kind == "lora" else DEFAULT_LR_FULL)
+    total_steps = estimate_total_steps(n_examples, per_device, grad_accum, hp.n_epochs or 1.0, max_steps)
     on_gpu = device.startswith("cuda")
     fp16 = on_gpu and _truthy(parallelism.get("fp16"))
-    bf16 = on_gpu and not fp16 and bf16_supported and parallelism.get("bf16") is not False and \
-        not _truthy(parallelism.get("fp16"))
+    bf16 = on_gpu and not fp16 and bf16_supported and parallelism.get("bf16") is not False
 
     config: dict[str, Any] = {
         "output_dir": str(output_dir),
-        "num_train_epochs": float(epochs) if epochs is not None else 1.0,
+        "num_train_epochs": float(hp.n_epochs) if hp.n_epochs is not None else 1.0,
         "max_steps": max_steps if max_steps is not None else -1,
         "per_device_train_batch_size": per_device,
         "per_device_eval_batch_size": per_device,
         "gradient_accumulation_steps": grad_accum,
         "max_length": max_length,
         "learning_rate": learning_rate,
-        "lr_scheduler_type": scheduler,
+        "lr_scheduler_type": hp.lr_scheduler_type or hp.lr_scheduler or "linear",
         # transformers 5 dropped `warmup_ratio`; a float in [0, 1) passed as warmup_steps is a ratio
-        "warmup_steps": warmup_steps if warmup_steps is not None else min(warmup_ratio or 0.0, 0.999),
-        "weight_decay": weight_decay,
+        "warmup_steps": hp.warmup_steps if hp.warmup_steps is not None else min(hp.warmup_ratio or 0.0, 0.999),
+        "weight_decay": hp.weight_decay or 0.0,
         "logging_strategy": "steps",
         "logging_steps": max(1, total_steps // MAX_LOGGED_POINTS),
         "logging_first_step": True,
@@ -282,13 +243,13 @@ def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str =
         "remove_unused_columns": True,
         "log_level": "warning",
     }
-    if max_grad_norm is not None:
-        config["max_grad_norm"] = max_grad_norm
+    if hp.max_grad_norm is not None:
+        config["max_grad_norm"] = hp.max_grad_norm
     if not on_gpu:
         config["optim"] = "adamw_torch"
     if has_eval:
-        strategy = str(hparams.get("evaluation_strategy") or "steps").lower()
-        eval_steps = _hp_number(hparams, "eval_steps", kind=int, minimum=0) or 0
+        strategy = hp.evaluation_strategy or "steps"
+        eval_steps = hp.eval_steps or 0
         if strategy == "steps" and eval_steps > 0:
             config["eval_strategy"] = "steps"
             config["eval_steps"] = eval_steps
@@ -301,27 +262,21 @@ def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str =
     return config
 
 
-def build_lora_config(hparams: dict):
+def build_lora_config(hparams: dict | SFTHyperparameters):
     """``peft.LoraConfig`` from ``lora_rank`` / ``lora_alpha`` / ``lora_dropout`` / ``lora_target_modules``
     (defaults r=16, alpha=32, dropout=0.05, all-linear: training-notes §8)."""
     from peft import LoraConfig
 
-    hparams = hparams or {}
-    rank = _hp_number(hparams, "lora_rank", kind=int, minimum=1) or _hp_number(hparams, "lora_r", kind=int, minimum=1)
-    alpha = _hp_number(hparams, "lora_alpha", minimum=0, exclusive_min=True)
-    dropout = _hp_number(hparams, "lora_dropout", minimum=0, maximum=1)
-    targets = hparams.get("lora_target_modules")
+    hp = _hyperparameters(hparams)
+    targets = hp.lora_target_modules
     if targets is None:
         targets = DEFAULT_LORA["target_modules"]
     elif isinstance(targets, str):
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    elif not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        raise TrainingError("invalid_hyperparameters", "lora_target_modules must be a list of module names or "
-                            "'all-linear'", "hyperparameters.lora_target_modules")
     return LoraConfig(
-        r=rank or DEFAULT_LORA["r"],
-        lora_alpha=alpha if alpha is not None else DEFAULT_LORA["lora_alpha"],
-        lora_dropout=dropout if dropout is not None else DEFAULT_LORA["lora_dropout"],
+        r=hp.lora_rank or hp.lora_r or DEFAULT_LORA["r"],
+        lora_alpha=hp.lora_alpha if hp.lora_alpha is not None else DEFAULT_LORA["lora_alpha"],
+        lora_dropout=hp.lora_dropout if hp.lora_dropout is not None else DEFAULT_LORA["lora_dropout"],
         target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from learning_mcp.backend.modelref import set_torch_threads
 from learning_mcp.backend.scheduler import finish_cancelled, finish_failed
 from learning_mcp.backend.store import Store
+from learning_mcp.tools.settings import Settings
 
 log = logging.getLogger("learning_mcp.worker")
 
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_torch_threads(Settings.load(environ=os.environ).torch_threads)  # the backend passes its settings' env
     store = Store(Path(args.data_dir))
     return run_job(store, args.job_id)
 
