@@ -72,6 +72,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learning_mcp.tools import models_registry
+from learning_mcp.tools.errors import LearningMCPError
+from learning_mcp.tools.sft_contract import BATCH_KEYS, STEP_KEYS, ContractError, parse_hyperparameters
 
 __all__ = [
     "CONFIG_SCHEMA_DOC",
@@ -101,14 +103,8 @@ SUPPORTED_ALGORITHMS: tuple[tuple[str, str, str], ...] = (
 _SFT_ALGORITHMS = frozenset(SUPPORTED_ALGORITHMS[1:])
 _ALGORITHM_LABELS = {spec: f"{spec[0]} {spec[1]} / {spec[2]}" for spec in SUPPORTED_ALGORITHMS}
 
-_STEP_KEYS = ("n_epochs", "total_steps", "train_steps", "steps")
-_POSITIVE_INT_KEYS = (
-    "batch_size",
-    "global_batch",
-    "per_device_batch",
-    "gradient_accumulation_steps",
-    "sequence_length",
-)
+_STEP_KEYS = STEP_KEYS
+_POSITIVE_INT_KEYS = (*BATCH_KEYS, "sequence_length")
 # Keys of [hyperparameters] Synth's builder copies into the payload (after n_epochs), in its order.
 _SYNTH_HYPERPARAMETER_KEYS = (*_POSITIVE_INT_KEYS, "learning_rate", "warmup_ratio", "train_kind")
 # SFTTrainingHyperparameters field order: to_dict() emits these first, then the extras in insertion order.
@@ -163,8 +159,8 @@ _COMPUTE_HINT = (
 _TOML_POSITION = re.compile(r"at line (\d+), column (\d+)")
 
 
-class ConfigError(ValueError):
-    """A config that cannot become a job payload.
+class ConfigError(LearningMCPError, ValueError):
+    """A config that cannot become a job payload (a :class:`LearningMCPError`, and a ``ValueError`` as before).
 
     ``code``: stable snake_case (``invalid_toml``, ``config_not_found``, ``missing_algorithm``,
     ``unsupported_algorithm``, ``invalid_config``, ``missing_job_model``, ``missing_dataset_path``,
@@ -190,13 +186,13 @@ class ConfigError(ValueError):
             separator = " "
         else:
             separator = ". "
-        self.code = code
-        self.message = f"{text}{separator}{hint}" if hint else text
+        super().__init__(code, f"{text}{separator}{hint}" if hint else text, param=param, data=dict(details or {}))
         self.synth_message = text if from_synth else None
         self.hint = hint
-        self.param = param
-        self.details: dict[str, Any] = dict(details or {})
-        super().__init__(self.message)
+        self.details: dict[str, Any] = self.data
+
+    def __str__(self) -> str:
+        return self.message
 
     def to_dict(self) -> dict[str, Any]:
         """The ``{code, message, param}`` error shape of §9.19."""
@@ -827,6 +823,22 @@ def validate_hyperparameters(hyperparameters: Mapping[str, Any] | None) -> dict[
     return {**ordered, **remaining}
 
 
+# Payload keys that come from [training.validation] rather than [hyperparameters].
+_VALIDATION_SOURCE = {key: f"training.validation.{key}" for key in _VALIDATION_KEYS}
+
+
+def _check_contract(hyperparameters: Mapping[str, Any]) -> None:
+    """The SFT contract's rules (:mod:`learning_mcp.tools.sft_contract`) on top of Synth's: what the trainer cannot
+    run (``sequence_length`` below its minimum, an unknown ``evaluation_strategy`` …) fails here, in a dry run too,
+    not in the training worker. ``param`` names the config key the value came from."""
+    try:
+        parse_hyperparameters(hyperparameters)
+    except ContractError as exc:
+        source = _VALIDATION_SOURCE.get((exc.param or "").removeprefix("hyperparameters."), exc.param)
+        message = exc.message if source == exc.param else exc.message.replace(exc.param, f"{source} ({exc.param})", 1)
+        raise ConfigError("invalid_hyperparameter", message, param=source, from_synth=False) from None
+
+
 def _synth_hyperparameter_block(
     parsed: Mapping[str, Any], raw_hyperparameters: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -1218,6 +1230,7 @@ def build_sft_plan(
     raw_hyperparameters = _table(raw_config, "hyperparameters")
     hyperparameters = validate_hyperparameters(_synth_hyperparameter_block(parsed, raw_hyperparameters))
     hyperparameters.update(_forwarded_hyperparameters(raw_config, parsed, notes))
+    _check_contract(hyperparameters)
     _audit_dropped_keys(raw_config, notes)
     _lora_consistency_notes(parsed, target, notes)
 

@@ -33,11 +33,13 @@ Sources of the limits
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from learning_mcp.tools.errors import LearningMCPError
@@ -379,9 +381,19 @@ class SFTJobPayload(_Open):
     hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters)
     metadata: JobMetadata = Field(default_factory=JobMetadata)
 
-    @model_validator(mode="before")
+    _body: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _normalise(cls, body: Any) -> Any:
+    def _validate(cls, body: Any, handler: ModelWrapValidatorHandler) -> SFTJobPayload:
+        if isinstance(body, SFTJobPayload):
+            return body
+        payload = handler(cls._normalise(body))
+        payload._body = copy.deepcopy(dict(body))
+        return payload
+
+    @classmethod
+    def _normalise(cls, body: Any) -> dict[str, Any]:
         """Aliases and defaults resolved, in the order the checks run (model, type, file, metadata, validation
         file, hyperparameters)."""
         if not isinstance(body, Mapping):
@@ -417,6 +429,11 @@ class SFTJobPayload(_Open):
             raise contract_failure(f"hyperparameters must include at least one of: {', '.join(STEP_KEYS)}",
                                    "hyperparameters")
         return data
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The payload exactly as received (what ``GET /jobs/{id}/config`` returns and the worker reads)."""
+        return self._body
 
     @property
     def effective_config(self) -> EffectiveConfig:
