@@ -130,7 +130,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
         log.error("cannot listen on %s:%s: %s (is another backend running? `learning-mcp backend --status`)",
                   host, port, exc.strerror or exc)
         return 2
-    root = resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir or settings.data_dir)
     app = create_app(root, settings=settings)
     app.state.shutdown_hooks.append(lambda: remove_backend_file(root))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
