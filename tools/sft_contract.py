@@ -45,6 +45,7 @@ from pydantic_core import PydanticCustomError
 from learning_mcp.tools.errors import LearningMCPError
 
 __all__ = [
+    "BATCH_KEYS",
     "CHOICE_RULES",
     "EVALUATION_STRATEGIES",
     "LR_SCHEDULERS",
