@@ -16,38 +16,33 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, AsyncIterator, Iterator, Literal
+from typing import Annotated, AsyncIterator, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.types import CallToolResult
+from pydantic import Field
 
 from learning_mcp import __version__
 from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
+                                        reject_unknown_tools, result, state_of, tool_errors)
+from learning_mcp.server.loop_tools import register_loop_tools
 from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
                                         ValidationResult)
 from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of
 from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.loop_manager import attach_loops
 from learning_mcp.tools.settings import Target, load_env, resolve_target
 
 log = logging.getLogger("learning_mcp.server")
-
-READ_ONLY_LOCAL = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
-                                  open_world_hint=False)
-READ_ONLY_REMOTE = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
-                                   open_world_hint=True)
-UPLOADS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
-STARTS_WORK = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                              open_world_hint=True)
-CANCELS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True)
 
 INSTRUCTIONS = """\
 Fine-tune language models with supervised fine-tuning (SFT) and ReST-EM self-training.
@@ -75,7 +70,7 @@ class ServerSettings:
 class AppState:
     """Per-server state: the resolved target and a lazily created client. The embedded backend is started on
     first use, not at start-up, so listing tools spawns nothing — unless a loop was left running, which the
-    server resumes at start-up (see ``server/loops.py``)."""
+    server resumes at start-up (see ``tools/loop_manager.py``)."""
 
     def __init__(self, settings: ServerSettings, tg: TaskGroup):
         self.settings = settings
@@ -85,7 +80,8 @@ class AppState:
         self.tg = tg
         self._client: LearningClient | None = None
         self._lock = anyio.Lock()
-        self.loops = None  # set by the loop tools' registration (learning_mcp.server.loops)
+        self.loops = None  # set at start-up by learning_mcp.tools.loop_manager.attach_loops
+        self.evals = None  # idem
 
     async def client(self) -> LearningClient:
         async with self._lock:
@@ -114,53 +110,6 @@ class AppState:
             await self._client.aclose()
 
 
-@contextmanager
-def tool_errors(action: str = "the call") -> Iterator[None]:
-    """Turn every expected failure into a ToolError whose text the model can act on."""
-    try:
-        yield
-    except ToolFailure as exc:
-        raise ToolError(str(exc)) from None
-    except LearningAPIError as exc:
-        raise ToolError(str(api_failure(exc, action=action))) from None
-
-
-def reject_unknown_tools(server: MCPServer) -> None:
-    """Answer a call to an unknown tool with JSON-RPC -32602, as both spec revisions require (MCPServer still
-    answers with an isError result: python-sdk#3659). Same middleware as the reference servers."""
-    from mcp.server.context import CallNext, ServerRequestContext
-    from mcp.shared.exceptions import MCPError
-    from mcp.types import INVALID_PARAMS
-
-    async def middleware(ctx: ServerRequestContext, call_next: CallNext):
-        if ctx.method == "tools/call" and ctx.params is not None:
-            name = ctx.params.get("name")
-            if isinstance(name, str) and name not in {tool.name for tool in await server.list_tools()}:
-                raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
-        return await call_next(ctx)
-
-    server.middleware.append(middleware)
-
-
-def result(model: BaseModel, summary: str) -> CallToolResult:
-    """A one-line summary for humans and models, then the structured JSON."""
-    data = model.model_dump(mode="json")
-    return CallToolResult(content=[TextContent(type="text", text=summary),
-                                   TextContent(type="text", text=json.dumps(data, indent=1, default=str))],
-                          structured_content=data)
-
-
-def state_of(ctx: Context) -> AppState:
-    return ctx.request_context.lifespan_context
-
-
-async def _progress(ctx: Context, done: float, total: float | None, message: str) -> None:
-    try:
-        await ctx.report_progress(done, total, message)
-    except Exception:  # progress is advisory: a host without a token or a closed stream must not fail the call
-        log.debug("progress notification dropped", exc_info=True)
-
-
 def status_next_step(status: str, fine_tuned_model: str | None, job_id: str) -> str:
     if status == "succeeded":
         return (f"Done. Use fine_tuned_model {fine_tuned_model!r} as a model id (chat with it, evaluate it, or pass "
@@ -181,8 +130,6 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
-        from learning_mcp.server.loops import attach_loops
-
         async with anyio.create_task_group() as tg:
             state = AppState(settings, tg)
             await attach_loops(state)
@@ -401,8 +348,6 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
                              f"{'reachable' if reachable else 'NOT reachable'} ({detail})")
 
     register_resources(server)
-    from learning_mcp.server.loops import register_loop_tools  # loops imports this module: import late
-
     register_loop_tools(server)
     return server
 
