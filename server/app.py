@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, AsyncIterator, Literal
 
 import anyio
@@ -29,7 +28,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from learning_mcp import __version__
-from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.backend.launcher import BackendStartError, ensure_backend
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
                                         reject_unknown_tools, result, state_of, tool_errors)
 from learning_mcp.server.loop_tools import register_loop_tools
@@ -37,10 +36,14 @@ from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIs
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
                                         ValidationResult)
 from learning_mcp.tools import jobs as job_ops
+from learning_mcp.tools import models_registry
 from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of
+from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, TASKS_FORMAT_DOC
 from learning_mcp.tools.loop_manager import attach_loops
-from learning_mcp.tools.settings import Target, load_env, resolve_target
+from learning_mcp.tools.settings import Settings, Target
+from learning_mcp.tools.sft_config import CONFIG_SCHEMA_DOC, EXAMPLE_TOML
 
 log = logging.getLogger("learning_mcp.server")
 
@@ -60,23 +63,15 @@ learning://config/example shows a ready-to-edit SFT TOML.
 # --------------------------------------------------------------------------------------------------------
 # server state
 # --------------------------------------------------------------------------------------------------------
-@dataclass
-class ServerSettings:
-    backend_url: str | None = None
-    env_files: list[str] = field(default_factory=list)
-    data_dir: str | None = None
-
-
 class AppState:
     """Per-server state: the resolved target and a lazily created client. The embedded backend is started on
     first use, not at start-up, so listing tools spawns nothing — unless a loop was left running, which the
     server resumes at start-up (see ``tools/loop_manager.py``)."""
 
-    def __init__(self, settings: ServerSettings, tg: TaskGroup):
+    def __init__(self, settings: Settings, tg: TaskGroup):
         self.settings = settings
-        self.env = load_env(settings.env_files)
-        self.data_dir = resolve_data_dir(settings.data_dir or self.env.get("LEARNING_MCP_DATA_DIR"))
-        self.target: Target | None = resolve_target(backend_url=settings.backend_url, env=self.env)
+        self.data_dir = settings.resolved_data_dir()
+        self.target: Target | None = settings.target()
         self.tg = tg
         self._client: LearningClient | None = None
         self._lock = anyio.Lock()
@@ -90,12 +85,10 @@ class AppState:
                 if target is None:
                     target = await self._start_embedded_backend()
                     self.target = target
-                self._client = LearningClient(target)
+                self._client = LearningClient(target, extra_headers=self.settings.identity_headers)
             return self._client
 
     async def _start_embedded_backend(self) -> Target:
-        from learning_mcp.backend.launcher import BackendStartError, ensure_backend
-
         try:
             info = await anyio.to_thread.run_sync(lambda: ensure_backend(self.data_dir))
         except BackendStartError as exc:
@@ -103,7 +96,7 @@ class AppState:
                               f"could not start the embedded learning backend: {exc}. Install the training extra in "
                               "the learning-mcp checkout (pip install -e '.[train]'), or set SYNTH_API_KEY to use "
                               "Synth's hosted API.") from None
-        return Target(f"{info.url}/api", "local", self.env.get("LEARNING_MCP_BACKEND_KEY") or None)
+        return Target(f"{info.url}/api", "local", self.settings.local_key)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -125,8 +118,10 @@ def status_next_step(status: str, fine_tuned_model: str | None, job_id: str) -> 
 # --------------------------------------------------------------------------------------------------------
 # the server
 # --------------------------------------------------------------------------------------------------------
-def create_server(settings: ServerSettings | None = None) -> MCPServer:
-    settings = settings or ServerSettings()
+def create_server(settings: Settings | None = None) -> MCPServer:
+    """The MCP server. ``settings``: built once at start-up (``learning-mcp`` builds it from its flags, env files
+    and the environment); None: :meth:`Settings.load` with no env file."""
+    settings = settings or Settings.load()
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
@@ -200,8 +195,8 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
     @server.tool(title="Create and start a fine-tuning job", annotations=STARTS_WORK)
     async def create_job(
         ctx: Context,
-        config: Annotated[str, Field(description="SFT config: a path to a .toml file, or the TOML text itself "
-                                                 "(see resource learning://config/example)")],
+        config: Annotated[str, Field(description=f"SFT config: {CONFIG_ARG_HELP} (see resource "
+                                                 "learning://config/example)")],
         dataset: Annotated[str | None, Field(description="local JSONL path: validated and uploaded in this call")] = None,
         training_file_id: Annotated[str | None, Field(description="file_id from upload_file (instead of dataset)")] = None,
         validation_file_id: Annotated[str | None, Field(description="file_id of a validation set")] = None,
@@ -223,7 +218,7 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
             out = await job_ops.create_job_from_config(
                 api, config, dataset=dataset, training_file_id=training_file_id,
                 validation_file_id=validation_file_id, model=model, start=start, dry_run=dry_run,
-                progress=lambda d, t, m: _progress(ctx, d, t, m))
+                progress=lambda d, t, m: _progress(ctx, d, t, m), environ=state_of(ctx).settings.environ)
         if out.dry_run:
             next_step = "Dry run only: nothing was uploaded or created. Call create_job again without dry_run."
             summary = f"dry run: payload for {out.model} built and datasets valid"
@@ -336,10 +331,10 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
             api = await state.client()
             health = await api.health()
             reachable, detail = True, f"health: {health.get('status', 'ok')}"
+        except LearningAPIError as exc:  # before LearningMCPError, its base type
+            detail = str(api_failure(exc, action="health check"))
         except ToolFailure as exc:
             detail = exc.message
-        except LearningAPIError as exc:
-            detail = str(api_failure(exc, action="health check"))
         target = state.target
         model = DiagnoseResult(backend=target.kind if target else "local", api_base=target.api_base if target else "",
                                key_set=bool(target and target.api_key), reachable=reachable, detail=detail,
@@ -347,34 +342,28 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
         return result(model, f"{model.backend} learning API at {model.api_base or '?'}: "
                              f"{'reachable' if reachable else 'NOT reachable'} ({detail})")
 
-    register_resources(server)
+    register_resources(server, settings)
     register_loop_tools(server)
     return server
 
 
-def register_resources(server: MCPServer) -> None:
+def register_resources(server: MCPServer, settings: Settings) -> None:
     @server.resource("learning://config/example", name="example-sft-config", mime_type="text/markdown",
                      description="An SFT TOML config to copy, and the accepted sections and keys")
     def example_config() -> str:
-        from learning_mcp.tools.sft_config import CONFIG_SCHEMA_DOC, EXAMPLE_TOML
-
         return f"# Example SFT config\n\n```toml\n{EXAMPLE_TOML}\n```\n\n{CONFIG_SCHEMA_DOC}"
 
     @server.resource("learning://config/loop-example", name="example-loop-config", mime_type="text/markdown",
                      description="A ReST-EM loop TOML for run_sft_loop, and the task-file format")
     def example_loop_config() -> str:
-        from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, TASKS_FORMAT_DOC
-
         return f"# Example loop config\n\n```toml\n{LOOP_EXAMPLE_TOML}```\n\n{TASKS_FORMAT_DOC}"
 
     @server.resource("learning://models/synth", name="synth-models", mime_type="application/json",
                      description="Base models Synth's hosted API accepts for SFT (the embedded backend accepts any "
                                  "local path or Hugging Face id it can load)")
     def synth_models() -> str:
-        from learning_mcp.tools import models_registry as reg
-
-        return json.dumps({"sft_supported": sorted(reg.SFT_SUPPORTED_MODELS),
-                           "experimental": sorted(reg.experimental_models())}, indent=1)
+        return json.dumps({"sft_supported": sorted(models_registry.SFT_SUPPORTED_MODELS),
+                           "experimental": sorted(models_registry.experimental_models(settings.environ))}, indent=1)
 
     @server.resource("learning://jobs/{job_id}", name="job", mime_type="application/json",
                      description="A job's full record on the learning API")
@@ -386,21 +375,14 @@ def register_resources(server: MCPServer) -> None:
             raise ResourceError(f"cannot read job {job_id}: {exc}") from None
 
 
-def run_server(*, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000,
-               env_files: list[str] | None = None, backend_url: str | None = None, data_dir: str | None = None) -> int:
-    """Entry point used by ``learning-mcp``: fail fast on bad configuration, then serve."""
-    import sys
-
-    for path in env_files or []:
-        if not Path(path).is_file():
-            sys.stderr.write(f"Error: --env-file {path} does not exist\n")
-            return 2
+def run_server(settings: Settings, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Entry point used by ``learning-mcp`` (which builds ``settings``): fail fast on bad configuration, then
+    serve."""
     if transport == "http" and host not in {"127.0.0.1", "localhost", "::1"}:
         sys.stderr.write(f"Error: refusing to serve MCP over HTTP on {host}: the tools read local files and start "
                          "training; serve on 127.0.0.1 and put an authenticating proxy in front for remote use\n")
         return 2
-    server = create_server(ServerSettings(backend_url=backend_url, env_files=list(env_files or []),
-                                          data_dir=data_dir))
+    server = create_server(settings)
     if transport == "http":
         server.run("streamable-http", host=host, port=port)
     else:

@@ -17,7 +17,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from learning_mcp.tools.client import LearningAPIError
-from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.errors import LearningMCPError, api_failure, tool_text
 
 log = logging.getLogger("learning_mcp.server")
 
@@ -33,13 +33,15 @@ CANCELS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempoten
 
 @contextmanager
 def tool_errors(action: str = "the call") -> Iterator[None]:
-    """Turn every expected failure into a ToolError whose text the model can act on."""
+    """The one translator at the MCP edge: every expected failure (a :class:`LearningMCPError`, the client's
+    ``LearningAPIError`` included) becomes a ``ToolError`` whose text is ``[code] message``; anything else is a
+    bug and reaches the SDK as is."""
     try:
         yield
-    except ToolFailure as exc:
-        raise ToolError(str(exc)) from None
-    except LearningAPIError as exc:
-        raise ToolError(str(api_failure(exc, action=action))) from None
+    except LearningAPIError as exc:  # the client's HTTP error: say what failed and what to try next
+        raise ToolError(tool_text(api_failure(exc, action=action))) from None
+    except LearningMCPError as exc:  # every expected failure of the tool logic: "[code] message"
+        raise ToolError(tool_text(exc)) from None
 
 
 def reject_unknown_tools(server: MCPServer) -> None:

@@ -14,6 +14,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field, ValidationError
 
+from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.server.common import CANCELS, READ_ONLY_LOCAL, STARTS_WORK, result, state_of, tool_errors
 from learning_mcp.tools.errors import ToolFailure
 from learning_mcp.tools.eval_runs import EvalStatusResult, eval_call
@@ -29,8 +30,8 @@ def register_loop_tools(server: MCPServer) -> None:
     @server.tool(title="Run a ReST-EM self-training loop", annotations=STARTS_WORK)
     async def run_sft_loop(
         ctx: Context,
-        config: Annotated[str | None, Field(description="loop TOML (path or text): [loop]/[eval]/[filter] tables "
-                                                        "plus Synth's SFT sections for the M-step")] = None,
+        config: Annotated[str | None, Field(description=f"loop config: {CONFIG_ARG_HELP}; [loop]/[eval]/[filter] "
+                                                        "tables plus Synth's SFT sections for the M-step")] = None,
         base_model: Annotated[str | None, Field(description="model to improve (base id, local path or ft: id)")] = None,
         tasks: Annotated[str | None, Field(description="JSONL of problems: id, messages|prompt, answer, split?")] = None,
         verifier: Annotated[str | None, Field(description="exact | numeric | boxed | answer | module:function")] = None,
@@ -69,7 +70,7 @@ def register_loop_tools(server: MCPServer) -> None:
                 raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
                                                          "tasks (or a config TOML with [loop]).") from None
             api = await state_of(ctx).client()
-            await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target))
+            await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target, state_of(ctx).settings.environ))
             state = await manager(ctx).start(cfg)
             state = await manager(ctx).wait(state.loop_id, wait_seconds, ctx)
         status = loop_status(state, manager(ctx).loop_dir(state.loop_id))
@@ -154,7 +155,8 @@ def register_loop_tools(server: MCPServer) -> None:
         update={"read_only_hint": False, "destructive_hint": False}))
     async def filter_traces(
         ctx: Context,
-        config: Annotated[str | None, Field(description="Synth filter TOML (path or text) with a [filter] table")] = None,
+        config: Annotated[str | None, Field(description=f"Synth filter config with a [filter] table: "
+                                                        f"{CONFIG_ARG_HELP}")] = None,
         run_id: Annotated[str | None, Field(description="eval_id or loop_id whose traces to filter")] = None,
         db: Annotated[str | None, Field(description="trace database (default: this server's)")] = None,
         output: Annotated[str | None, Field(description="JSONL to write (default: next to the database)")] = None,

@@ -17,18 +17,21 @@ Design:
 from __future__ import annotations
 
 import logging
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote
 import os
 import random
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
 import httpx
 
-from learning_mcp.tools.settings import Target, redact
+from learning_mcp.tools.errors import LearningAPIError
+from learning_mcp.tools.settings import Target, identity_headers, process_environ, redact
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 
 def path_segment(value: str) -> str:
     """One URL path segment: ids are opaque, so ``/``, ``..`` and friends must not change the route."""
-    from urllib.parse import quote
-
     return quote(str(value), safe="")
 
 
@@ -58,22 +59,6 @@ def job_id_of(record: dict) -> str | None:
 def content_type_for(path: Path) -> str:
     return {".jsonl": "application/jsonl", ".json": "application/json", ".txt": "text/plain"}.get(
         path.suffix.lower(), "application/octet-stream")
-
-
-class LearningAPIError(Exception):
-    """An HTTP error (or an unreachable API) with what an agent needs to act on it."""
-
-    def __init__(self, status: int | None, method: str, path: str, detail: str, *, code: str | None = None,
-                 param: str | None = None, retry_after: float | None = None):
-        self.status, self.method, self.path, self.detail = status, method, path, detail
-        self.code = code or ("unreachable" if status is None else f"http_{status}")
-        self.param, self.retry_after = param, retry_after
-        where = f"{method} {path}"
-        super().__init__(f"{where} failed: {detail}" if status is None else f"{where} -> HTTP {status}: {detail}")
-
-    @property
-    def unreachable(self) -> bool:
-        return self.status is None
 
 
 @dataclass
@@ -113,8 +98,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        from email.utils import parsedate_to_datetime
-
         try:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
@@ -146,16 +129,17 @@ class _CountingReader:
 
 class LearningClient:
     def __init__(self, target: Target, *, timeout_s: float = 30.0, upload_timeout_s: float = 300.0,
-                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None):
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 extra_headers: Mapping[str, str] | None = None):
+        """``extra_headers``: Synth's identity headers (the server passes ``Settings.identity_headers``; None:
+        read from the process environment, as Synth's SDK does)."""
         self.target = target
         self.retry = retry or RetryPolicy()
         self.upload_timeout_s = upload_timeout_s
         headers = {"accept": "application/json", "user-agent": "learning-mcp"}
         if target.api_key:
             headers["Authorization"] = f"Bearer {target.api_key}"
-        for env_name, header in (("SYNTH_USER_ID", "X-User-ID"), ("SYNTH_ORG_ID", "X-Org-ID")):
-            if os.environ.get(env_name):
-                headers[header] = os.environ[env_name]
+        headers.update(identity_headers(process_environ()) if extra_headers is None else extra_headers)
         self._http = httpx.AsyncClient(base_url=target.api_base + "/", headers=headers,
                                        timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
 

@@ -20,7 +20,7 @@ from learning_mcp.tools.errors import ToolFailure
 from learning_mcp.tools.evaluate import ChatEndpointError, SamplingSettings, evaluate
 from learning_mcp.tools.rewards import VerifierError, make_verifier
 from learning_mcp.tools.settings import endpoint_key
-from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
+from learning_mcp.tools.tasks import load_tasks, split_tasks
 from learning_mcp.tools.traces import TraceStore
 
 log = logging.getLogger("learning_mcp.server.loops")
@@ -66,11 +66,9 @@ class EvalRuns:
 
     async def start_eval(self, *, model: str, tasks_path: str, split: str, settings: dict, verifier: Any,
                          chat_url: str | None, max_problems: int | None) -> _EvalRun:
-        try:
-            tasks = await anyio.to_thread.run_sync(lambda: load_tasks(tasks_path))
-            checker = make_verifier(verifier, base_dir=Path(tasks_path).parent)
-        except (TaskFileError, VerifierError) as exc:
-            raise ToolFailure(getattr(exc, "code", "invalid_input"), str(exc)) from None
+        # TaskFileError / VerifierError are LearningMCPErrors: the MCP edge shows them as they are
+        tasks = await anyio.to_thread.run_sync(lambda: load_tasks(tasks_path))
+        checker = make_verifier(verifier, base_dir=Path(tasks_path).parent)
         if split != "all":
             train, val = split_tasks(tasks, val_fraction=settings.pop("val_fraction"),
                                      seed=settings.pop("split_seed"))
@@ -93,7 +91,8 @@ class EvalRuns:
                 url = chat_url or client.target.chat_url
                 summary = await evaluate(tasks, chat_url=url, model=model, verifier=checker, settings=sampling,
                                          store=store, run_id=run.eval_id, iteration=0, phase="eval",
-                                         api_key=endpoint_key(url, client.target, None), greedy=greedy)
+                                         api_key=endpoint_key(url, client.target, None, environ=self.app.settings.environ),
+                                         greedy=greedy)
                 run.summary, run.state = summary.to_dict(), "succeeded"
             except (ChatEndpointError, VerifierError) as exc:
                 run.state, run.error = "failed", str(exc)

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx
 
+from .errors import MessageError
+
 logger = logging.getLogger("learning_mcp.tools.evaluate")
 
 _EXCERPT_CHARS = 300
@@ -46,15 +48,14 @@ class RetryPolicy:
         return base * (1 + random.uniform(0, 0.1))
 
 
-class EndpointError(Exception):
-    """An HTTP endpoint the eval depends on failed. ``code`` is snake_case; ``message`` says what to check."""
+class EndpointError(MessageError):
+    """An HTTP endpoint the eval depends on failed. ``code`` is snake_case; ``message`` says what to check.
+    ``status`` is the endpoint's HTTP status (None when it never answered)."""
 
     def __init__(self, code: str, message: str, *, url: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.url = url
-        self.status = status
+        self.status = status  # type: ignore[assignment]
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message, "url": self.url, "status": self.status}

@@ -7,19 +7,22 @@ Small pure helpers (status summaries, progress extraction, failure kinds) sit ne
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
 
 from learning_mcp.tools.client import (FILE_READY, TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of,
                                        normalize_status)
+from learning_mcp.tools.dataset import DatasetFileError, validate_jsonl, write_head
 from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
 
 MAX_EVENTS_PER_CALL = 30
 MAX_EVENT_MESSAGE_CHARS = 300
@@ -32,8 +35,6 @@ ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 def validate_dataset_file(path: str | os.PathLike, *, min_messages: int = 2, max_errors: int = 20,
                           examples: int | None = None, max_images_per_message: int | None = None):
     """Run the validator; file-level problems become a ToolFailure."""
-    from learning_mcp.tools.dataset import DatasetFileError, validate_jsonl
-
     try:
         return validate_jsonl(path, min_messages=min_messages, max_errors=max_errors, examples=examples,
                               max_images_per_message=max_images_per_message)
@@ -67,8 +68,6 @@ class UploadOutcome:
 
 
 def _sha256_of(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(4 * 1024 * 1024):
@@ -81,8 +80,6 @@ async def upload_dataset(client: LearningClient, path: str | os.PathLike, *, pur
                          max_images_per_message: int | None = None, progress: ProgressFn | None = None,
                          wait_ready_s: float = 10.0) -> UploadOutcome:
     """Validate (unless told not to), optionally cut to the first N records, stream-upload, wait for ready."""
-    from learning_mcp.tools.dataset import DatasetFileError, write_head
-
     source = Path(path).expanduser()
     if not source.is_absolute():
         source = Path.cwd() / source
@@ -165,14 +162,15 @@ class CreateOutcome:
     uploads: list[UploadOutcome]
 
 
-async def create_job_from_config(client: LearningClient, config: str, *, dataset: str | None = None,
+async def create_job_from_config(client: LearningClient, config: str | dict, *, dataset: str | None = None,
                                  training_file_id: str | None = None, validation_file_id: str | None = None,
                                  validation_dataset: str | None = None, model: str | None = None, start: bool = True,
                                  dry_run: bool = False, examples: int | None = None,
-                                 idempotency_key: str | None = None, progress: ProgressFn | None = None) -> CreateOutcome:
-    """Build the payload from the TOML exactly as Synth's CLI does, upload what is needed, create and start."""
-    from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
-
+                                 idempotency_key: str | None = None, progress: ProgressFn | None = None,
+                                 environ: Mapping[str, str] | None = None) -> CreateOutcome:
+    """Build the payload from the TOML exactly as Synth's CLI does, upload what is needed, create and start.
+    ``config``: a path or TOML text (one rule: :mod:`~learning_mcp.tools.config_source`) or the parsed table.
+    ``environ``: the server's ``Settings.environ`` (``SDK_EXPERIMENTAL*``); None: the process environment."""
     if dataset and training_file_id:
         raise ToolFailure("conflicting_arguments", "pass either dataset (a local JSONL path) or training_file_id "
                                                    "(from upload_file), not both")
@@ -180,7 +178,7 @@ async def create_job_from_config(client: LearningClient, config: str, *, dataset
     try:
         plan = await anyio.to_thread.run_sync(lambda: build_sft_plan(
             config, dataset=dataset, training_file_id=training_file_id, validation_file_id=validation_file_id,
-            model=model, target=target, require_dataset_path=training_file_id is None))
+            model=model, target=target, require_dataset_path=training_file_id is None, environ=environ))
     except ConfigError as exc:
         param = f" (field: {exc.param})" if getattr(exc, "param", None) else ""
         raise ToolFailure(f"config_{exc.code}" if not exc.code.startswith("config") else exc.code,
@@ -214,6 +212,8 @@ async def create_job_from_config(client: LearningClient, config: str, *, dataset
             vup = await upload_dataset(client, val_path, max_images_per_message=max_images)
             uploads.append(vup)
             validation_file_id = vup.file_id
+        except LearningAPIError:
+            raise
         except ToolFailure as exc:  # Synth: a failed validation upload is only a warning
             warnings.append(f"validation file not used: {exc.message}")
     payload = plan.with_files(training_file_id, validation_file_id)

@@ -7,7 +7,8 @@ one way to stop a loop, and it cancels the loop's training job too. Several serv
 dir: a per-loop ``flock`` decides which one runs a loop.
 
 The manager needs an application object with ``data_dir`` (Path), ``tg`` (an anyio task group) and
-``async client()`` (a :class:`~learning_mcp.tools.client.LearningClient`); the MCP server's ``AppState`` is one.
+``async client()`` (a :class:`~learning_mcp.tools.client.LearningClient`) and ``settings`` (a
+:class:`~learning_mcp.tools.settings.Settings`); the MCP server's ``AppState`` is one.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class LoopManager:
         except BaseException:
             lock.close()
             raise
-        runner = LoopRunner(state, self.loop_dir(state.loop_id), client)
+        runner = LoopRunner(state, self.loop_dir(state.loop_id), client, environ=self.app.settings.environ)
         runner.save()
         handle = _Handle(runner, lock_file=lock)
         self.handles[state.loop_id] = handle
@@ -253,7 +254,7 @@ class LoopManager:
             return self.read(loop_id)
         try:  # nobody runs it (its server is gone): cancel it here
             state.cancel_requested = True
-            runner = LoopRunner(state, loop_dir, await self.app.client())
+            runner = LoopRunner(state, loop_dir, await self.app.client(), environ=self.app.settings.environ)
             await runner._finish_cancelled()
         finally:
             lock.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ import httpx
 from .http import (EndpointError, ProgressCallback, RetryPolicy, _http_client, _notify, _post_json,
                    _redact_url, _RequestFailed, _run_workers)
 from .sampling import EvalSummary, _content_text, normalize_chat_url
+from .settings import process_environ
 from .traces import TraceSample, TraceStore, summarize_rewards
 
 logger = logging.getLogger("learning_mcp.tools.evaluate")
@@ -307,8 +307,11 @@ async def evaluate_task_app(
     timeout_s: float = 300,
     retry: RetryPolicy | None = None,
     on_progress: ProgressCallback | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> EvalSummary:
-    """One eval rollout per seed against a Synth task app; see the module docstring. Raises TaskAppError."""
+    """One eval rollout per seed against a Synth task app; see the module docstring. Raises TaskAppError.
+    Without ``env_api_key`` the key is ``ENVIRONMENT_API_KEY`` of ``environ`` (the server's ``Settings.environ``;
+    None: the process environment)."""
     seed_list = [int(seed) for seed in seeds]
     if len(set(seed_list)) != len(seed_list):
         raise ValueError("seeds must be unique")
@@ -316,7 +319,7 @@ async def evaluate_task_app(
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     url = _rollout_url(task_app_url)
     shown_url = _redact_url(url)
-    key = env_api_key or os.environ.get(ENV_API_KEY_VAR)
+    key = env_api_key or (process_environ() if environ is None else environ).get(ENV_API_KEY_VAR)
     if not key:
         raise TaskAppError(
             "missing_environment_api_key",
