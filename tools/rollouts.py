@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx
 
-from .http import (EndpointError, ProgressCallback, RetryPolicy, _http_client, _notify, _post_json,
+from .http import (SAMPLER_RETRY, EndpointError, ProgressCallback, RetryPolicy, _http_client, _notify, _post_json,
                    _redact_url, _RequestFailed, _run_workers)
 from .sampling import EvalSummary, _content_text, normalize_chat_url
 from .settings import process_environ
@@ -328,7 +328,7 @@ async def evaluate_task_app(
             url=shown_url,
         )
     policy_url = normalize_chat_url(inference_url) if inference_url else None
-    retry = retry or RetryPolicy()
+    retry = retry or SAMPLER_RETRY
     headers = {"X-API-Key": key, "Content-Type": "application/json", "Accept": "application/json"}
     started = time.monotonic()
     rewards_by_problem: dict[str, list[float]] = {str(seed): [] for seed in seed_list}

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx
 
-from .http import (EndpointError, ProgressCallback, RetryPolicy, _excerpt, _gather, _http_client, _notify,
+from .http import (SAMPLER_RETRY, EndpointError, ProgressCallback, RetryPolicy, _excerpt, _gather, _http_client, _notify,
                    _post_json, _redact_url, _RequestFailed, _run_workers)
 from .rewards import Verifier, VerifierError, make_verifier
 from .tasks import Task
@@ -391,7 +391,7 @@ async def evaluate(
     url = normalize_chat_url(chat_url)
     scorer = _resolve_verifier(verifier)
     n = 1 if greedy else settings.n
-    retry = retry or RetryPolicy()
+    retry = retry or SAMPLER_RETRY
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

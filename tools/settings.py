@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 from typing import Annotated, Any, Literal, Mapping
 
 from dotenv import dotenv_values
@@ -115,11 +115,23 @@ def process_environ() -> Mapping[str, str]:
 
 
 def redact(text: str, secrets: list[str | None]) -> str:
-    """Remove every secret from ``text`` (for error messages and logs)."""
+    """Remove every secret from ``text`` (for error messages and logs). The one redactor: the learning-API
+    client and the eval sampler both use it."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (URLs are shown in errors and logs)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"***@{host}")
+    return urlunsplit(parts)
 
 
 ALLOWED_KEY_ENVS_VAR = "LEARNING_MCP_ALLOWED_KEY_ENVS"
