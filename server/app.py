@@ -37,7 +37,7 @@ from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIs
                                         ValidationResult)
 from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools import models_registry
-from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of
+from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.tools.errors import ToolFailure, api_failure
 from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, TASKS_FORMAT_DOC
@@ -254,30 +254,30 @@ def create_server(settings: Settings | None = None) -> MCPServer:
             api = await state_of(ctx).client()
             snap = await job_ops.job_status(api, job_id, since_seq=since_seq, wait_seconds=wait_seconds)
         rec = snap.record
-        status = rec.get("status") or "unknown"
+        status = rec.status
         ftm = job_ops.fine_tuned_model_of(rec, snap.events)
         if status == "succeeded" and not ftm:
             with tool_errors(f"reading job {job_id}"):
-                ftm = job_ops.fine_tuned_model_of(rec, await api.get_events(job_id, since_seq=0, limit=1000))
+                ftm = job_ops.fine_tuned_model_of(rec, await api.events(job_id, since_seq=0, limit=1000))
         progress = JobProgress(**{k: v for k, v in (snap.progress or {}).items() if k in JobProgress.model_fields}) \
             if snap.progress else None
         model = JobStatusResult(
             job_id=job_id, status=status, terminal=status in TERMINAL_STATUSES, fine_tuned_model=ftm,
-            model=rec.get("model") or rec.get("model_id"), progress=progress, latest_metrics=snap.latest_metrics,
+            model=rec.model, progress=progress, latest_metrics=snap.latest_metrics,
             events=[JobEvent(**job_ops.compact_event(e)) for e in snap.events], next_since_seq=snap.next_since_seq,
             more_events=snap.more_events,
-            error=job_ops.error_dict(rec.get("error")) if status == "failed" or status == "cancelled" else None,
-            failure_kind=job_ops.failure_kind(status, rec.get("error")),
-            next_poll_seconds=job_ops.next_poll_seconds(status), created_at=job_ops.time_text(rec.get("created_at")),
-            finished_at=job_ops.time_text(rec.get("finished_at")), next_step=status_next_step(status, ftm, job_id))
+            error=job_ops.error_dict(rec.error) if status == "failed" or status == "cancelled" else None,
+            failure_kind=job_ops.failure_kind(status, rec.error),
+            next_poll_seconds=job_ops.next_poll_seconds(status), created_at=job_ops.time_text(rec.created_at),
+            finished_at=job_ops.time_text(rec.finished_at), next_step=status_next_step(status, ftm, job_id))
         bits = [f"job {job_id}: {status}"]
         if progress and progress.step is not None:
             bits.append(f"step {progress.step}/{progress.total_steps}" + (f", loss {progress.loss:.4g}"
                                                                           if progress.loss is not None else ""))
         if ftm:
             bits.append(f"fine_tuned_model {ftm}")
-        if status == "failed" and rec.get("error"):
-            message = rec["error"].get("message") if isinstance(rec["error"], dict) else rec["error"]
+        if status == "failed" and rec.error:
+            message = rec.error.get("message") if isinstance(rec.error, dict) else rec.error
             bits.append(f"error: {' '.join(str(message).split())}")  # the summary stays one line
         return result(model, "; ".join(bits))
 
@@ -297,7 +297,7 @@ def create_server(settings: Settings | None = None) -> MCPServer:
                 if exc.status == 404:
                     raise ToolFailure("unknown_job", f"Unknown job_id {job_id!r}; call list_jobs to see jobs") from None
                 raise
-            status = record.get("status") or (await api.get_job(job_id)).get("status")
+            status = record.get("status") or (await api.job(job_id)).status
         message = record.get("message") or f"cancel requested; status {status}"
         model = CancelResult(job_id=job_id, status=status, terminal=status in TERMINAL_STATUSES, message=message)
         return result(model, f"job {job_id}: {message}")
@@ -312,12 +312,11 @@ def create_server(settings: Settings | None = None) -> MCPServer:
         """Recent jobs on the learning API, newest first, with their status and fine_tuned_model. Read-only."""
         with tool_errors("listing jobs"):
             api = await state_of(ctx).client()
-            jobs = await api.list_jobs(status=status, limit=limit)
+            jobs = await api.jobs(status=status, limit=limit)
         model = JobListResult(backend=api.target.describe(), jobs=[
-            JobSummary(job_id=job_id_of(j) or "?", status=j.get("status") or "?",
-                       model=j.get("model") or j.get("model_id"), fine_tuned_model=j.get("fine_tuned_model"),
-                       created_at=job_ops.time_text(j.get("created_at")),
-                       finished_at=job_ops.time_text(j.get("finished_at"))) for j in jobs])
+            JobSummary(job_id=j.id or "?", status=j.status if j.status != "unknown" else "?", model=j.model,
+                       fine_tuned_model=j.fine_tuned_model, created_at=job_ops.time_text(j.created_at),
+                       finished_at=job_ops.time_text(j.finished_at)) for j in jobs])
         return result(model, f"{len(model.jobs)} job(s) on {api.target.describe()}")
 
     # -- diagnose --------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from typing import Any, Iterator
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.server.context import CallNext, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from learning_mcp.tools.client import LearningAPIError
@@ -47,10 +49,6 @@ def tool_errors(action: str = "the call") -> Iterator[None]:
 def reject_unknown_tools(server: MCPServer) -> None:
     """Answer a call to an unknown tool with JSON-RPC -32602, as both spec revisions require (MCPServer still
     answers with an isError result: python-sdk#3659). Same middleware as the reference servers."""
-    from mcp.server.context import CallNext, ServerRequestContext
-    from mcp.shared.exceptions import MCPError
-    from mcp.types import INVALID_PARAMS
-
     async def middleware(ctx: ServerRequestContext, call_next: CallNext):
         if ctx.method == "tools/call" and ctx.params is not None:
             name = ctx.params.get("name")

@@ -29,12 +29,13 @@ import httpx
 
 from learning_mcp.tools.errors import LearningAPIError
 from learning_mcp.tools.http import RetryPolicy, retry_after_s, retryable_status
+from learning_mcp.tools.records import STATUS_ALIASES as STATUS_ALIASES  # re-exported (Synth spellings)
+from learning_mcp.tools.records import Event, File, Job, Model, normalize_status
 from learning_mcp.tools.settings import Target, identity_headers, process_environ, redact
 
 log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-STATUS_ALIASES = {"canceled": "cancelled", "completed": "succeeded", "error": "failed"}
 FILE_READY = frozenset({"ready", "uploaded", "stored", "complete", "processed"})
 FILE_PENDING = frozenset({"processing", "pending", "validating"})
 ProgressCallback = Callable[[int, int], Awaitable[None] | None]
@@ -43,11 +44,6 @@ ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 def path_segment(value: str) -> str:
     """One URL path segment: ids are opaque, so ``/``, ``..`` and friends must not change the route."""
     return quote(str(value), safe="")
-
-
-def normalize_status(status: str | None) -> str:
-    status = (status or "").lower()
-    return STATUS_ALIASES.get(status, status)
 
 
 def job_id_of(record: dict) -> str | None:
@@ -338,6 +334,22 @@ class LearningClient:
     async def list_models(self) -> list[dict]:
         body = await self._json("GET", "learning/models", retry=True)
         return body.get("data") or body.get("models") or [] if isinstance(body, dict) else body
+
+    # -- typed records (aliases resolved once: tools/records.py) ---------------------------------------
+    async def job(self, job_id: str) -> Job:
+        return Job.of(await self.get_job(job_id))
+
+    async def jobs(self, *, status: str | None = None, limit: int = 20) -> list[Job]:
+        return [Job.of(j) for j in await self.list_jobs(status=status, limit=limit)]
+
+    async def events(self, job_id: str, *, since_seq: int = 0, limit: int = 200) -> list[Event]:
+        return [Event.of(e) for e in await self.get_events(job_id, since_seq=since_seq, limit=limit)]
+
+    async def file(self, file_id: str) -> File:
+        return File.of(await self.get_file(file_id))
+
+    async def models(self) -> list[Model]:
+        return [Model.of(m) for m in await self.list_models()]
 
     async def health(self) -> dict:
         return await self._json("GET", "health", retry=False)

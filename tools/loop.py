@@ -481,8 +481,8 @@ class LoopRunner:
             job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s,
                                              should_stop=lambda: (self.dir / "cancel").exists())
             self.check_cancel()
-            record.job_status = job.get("status")
-            err_code = (job.get("error") or {}).get("code") if isinstance(job.get("error"), dict) else None
+            record.job_status = job.status
+            err_code = job.error.get("code") if isinstance(job.error, dict) else None
             if (record.job_status == "failed" and err_code in RETRYABLE_JOB_FAILURES
                     and record.job_attempts < MAX_JOB_ATTEMPTS):
                 # the job died with its worker or backend, not because of the data: train again
@@ -491,11 +491,11 @@ class LoopRunner:
                 record.job_id = None
                 return
             if record.job_status != "succeeded":
-                err = job.get("error") or {}
+                err = job.error or {}
                 raise ToolFailure("training_failed", f"iteration {record.iteration}: job {record.job_id} ended "
                                                      f"{record.job_status}: {err.get('message') or err}")
-            record.fine_tuned_model = job.get("fine_tuned_model")
-            loss = (job.get("latest_metrics") or {}).get("train.loss")
+            record.fine_tuned_model = job.fine_tuned_model
+            loss = (job.latest_metrics or {}).get("train.loss")
             if loss is None:
                 points = await self.client.get_metrics(record.job_id, name="train.loss", limit=5000)
                 loss = points[-1] if points else None
