@@ -6,20 +6,18 @@ tools' parameters and maps errors (:func:`~learning_mcp.server.common.tool_error
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.server.common import CANCELS, READ_ONLY_LOCAL, STARTS_WORK, result, state_of, tool_errors
-from learning_mcp.tools.errors import ToolFailure
 from learning_mcp.tools.eval_runs import EvalStatusResult, eval_call
 from learning_mcp.tools.filter_run import FilterResult, filter_traces_call
-from learning_mcp.tools.loop import LoopConfig, parse_loop_toml, preflight
+from learning_mcp.tools.loop import loop_config_from, preflight
 from learning_mcp.tools.loop_manager import LoopListResult, LoopManager, LoopStatusResult, format_table, loop_status
 
 
@@ -53,22 +51,10 @@ def register_loop_tools(server: MCPServer) -> None:
         resource learning://config/loop-example shows every setting and the task-file format.
         """
         with tool_errors("starting the loop"):
-            args: dict[str, Any] = {}
-            if config:
-                args, _ = parse_loop_toml(config)
-            explicit = {"base_model": base_model, "tasks": tasks, "verifier": verifier, "iterations": iterations,
-                        "n": n, "temperature": temperature, "max_per_problem": max_per_problem,
-                        "reset_to_base": reset_to_base, "hyperparameters": hyperparameters}
-            args.update({k: v for k, v in explicit.items() if v is not None})
-            if isinstance(args.get("tasks"), str) and not Path(args["tasks"]).expanduser().is_absolute():
-                args["tasks"] = str(Path(args["tasks"]).expanduser().resolve())
-            try:
-                cfg = LoopConfig(**args)
-            except ValidationError as exc:
-                problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"]
-                                     for e in exc.errors())
-                raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
-                                                         "tasks (or a config TOML with [loop]).") from None
+            cfg = loop_config_from(config, {
+                "base_model": base_model, "tasks": tasks, "verifier": verifier, "iterations": iterations, "n": n,
+                "temperature": temperature, "max_per_problem": max_per_problem, "reset_to_base": reset_to_base,
+                "hyperparameters": hyperparameters})
             api = await state_of(ctx).client()
             await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target, state_of(ctx).settings.environ))
             state = await manager(ctx).start(cfg)
@@ -105,16 +91,7 @@ def register_loop_tools(server: MCPServer) -> None:
     @server.tool(title="List loops", annotations=READ_ONLY_LOCAL)
     async def list_loops(ctx: Context) -> Annotated[CallToolResult, LoopListResult]:
         """Loops known to this server (newest first) with their state and best model. Read-only."""
-        mgr = manager(ctx)
-        loops = []
-        for path in sorted(mgr.root.glob("*/state.json"), reverse=True):
-            try:
-                st = mgr.read(path.parent.name)
-            except (ToolFailure, ValueError, ValidationError):
-                continue
-            loops.append({"loop_id": st.loop_id, "state": st.state, "iterations": len(st.iterations),
-                          "best_model": st.best_model, "best_val_pass_at_1": st.best_val_pass_at_1,
-                          "message": st.message})
+        loops = manager(ctx).summaries()
         return result(LoopListResult(loops=loops), f"{len(loops)} loop(s)")
 
     @server.tool(name="eval", title="Evaluate a model on tasks", annotations=STARTS_WORK)

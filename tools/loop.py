@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools.atomic import write_text_atomic
@@ -187,6 +187,25 @@ def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
         if isinstance(tasks, str) and not Path(tasks).is_absolute():
             args["tasks"] = str((source.base_dir / tasks).resolve())
     return args, source.text
+
+
+def loop_config_from(config: str | None, explicit: dict[str, Any]) -> LoopConfig:
+    """What ``run_sft_loop`` runs: the loop config (path or TOML text, :func:`parse_loop_toml`) overridden by the
+    call's explicit arguments (``None`` = not given); a relative ``tasks`` resolves against the working
+    directory. Raises ``ToolFailure`` ``invalid_loop_config`` naming each bad field."""
+    args: dict[str, Any] = {}
+    if config:
+        args, _ = parse_loop_toml(config)
+    args.update({k: v for k, v in explicit.items() if v is not None})
+    if isinstance(args.get("tasks"), str) and not Path(args["tasks"]).expanduser().is_absolute():
+        args["tasks"] = str(Path(args["tasks"]).expanduser().resolve())
+    try:
+        return LoopConfig(**args)
+    except ValidationError as exc:
+        problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"]
+                             for e in exc.errors())
+        raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
+                                                 "tasks (or a config TOML with [loop]).") from None
 
 
 LOOP_EXAMPLE_TOML = """\

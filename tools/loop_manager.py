@@ -179,6 +179,19 @@ class LoopManager:
                                               "(or call list_loops)")
         return LoopRunner.load(path.parent)
 
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every readable loop under the data dir, newest first: id, state, iterations, best model, message."""
+        loops = []
+        for path in sorted(self.root.glob("*/state.json"), reverse=True):
+            try:
+                st = self.read(path.parent.name)
+            except (ToolFailure, ValueError, ValidationError):
+                continue
+            loops.append({"loop_id": st.loop_id, "state": st.state, "iterations": len(st.iterations),
+                          "best_model": st.best_model, "best_val_pass_at_1": st.best_val_pass_at_1,
+                          "message": st.message})
+        return loops
+
     async def start(self, config: LoopConfig) -> LoopState:
         loop_id = f"loop-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         state = LoopState(loop_id=loop_id, config=config)
