@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_jsonl_atomic
+from .config_source import config_path
+from .errors import MessageError
 from .traces import TraceSample, TraceStore
 
 __all__ = [
@@ -63,13 +65,11 @@ STAGES = ("matched", "rewarded", "deduped", "capped", "limited", "written")
 _UNSUPPORTED_KEYS = ("min_judge_scores", "max_judge_scores")
 
 
-class FilterConfigError(Exception):
+class FilterConfigError(MessageError):
     """A filter config or spec that cannot be used. ``code`` is snake_case."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
@@ -262,15 +262,18 @@ def _spec_from_table(table: Mapping[str, Any], base_dir: Path | None) -> FilterS
 
 
 def load_filter_config(config: str | dict | os.PathLike[str]) -> FilterSpec:
-    """A :class:`FilterSpec` from a TOML file path, TOML text, or a dict (``{"filter": {...}}`` or the table itself)."""
+    """A :class:`FilterSpec` from a TOML file path, TOML text, or a dict (``{"filter": {...}}`` or the table itself).
+
+    Path or text is decided by :func:`~learning_mcp.tools.config_source.config_path`, the rule the SFT and loop
+    configs share; relative paths inside the file resolve against its folder."""
     if isinstance(config, FilterSpec):
         return config
     if isinstance(config, Mapping):
         table = config.get("filter") if isinstance(config.get("filter"), Mapping) else config
         return _spec_from_table(table, None)
     base_dir: Path | None = None
-    if isinstance(config, os.PathLike) or (isinstance(config, str) and "\n" not in config and "[" not in config):
-        path = Path(config).expanduser()
+    path = config_path(config) if isinstance(config, (str, os.PathLike)) else None  # the one rule (config_source)
+    if path is not None:
         if not path.is_file():
             raise FilterConfigError("config_not_found", f"Filter config not found: {path}")
         text = path.read_text(encoding="utf-8")

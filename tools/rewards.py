@@ -50,6 +50,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .errors import MessageError
+
 if TYPE_CHECKING:
     from .tasks import Task
 
@@ -74,13 +76,11 @@ class Verifier(Protocol):
     def __call__(self, task: Task, completion: str) -> float: ...
 
 
-class VerifierError(Exception):
+class VerifierError(MessageError):
     """A verifier that cannot be built or that failed on a task. ``code`` is snake_case."""
 
     def __init__(self, code: str, message: str, *, task_id: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.task_id = task_id
 
     def to_dict(self) -> dict:

@@ -72,7 +72,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learning_mcp.tools import models_registry
-from learning_mcp.tools.errors import LearningMCPError
+from learning_mcp.tools.config_source import config_path
+from learning_mcp.tools.config_source import path_exists as _exists
+from learning_mcp.tools.config_source import resolve_path as _resolve_path
+from learning_mcp.tools.errors import MessageError
 from learning_mcp.tools.sft_contract import BATCH_KEYS, STEP_KEYS, ContractError, parse_hyperparameters
 
 __all__ = [
@@ -159,7 +162,7 @@ _COMPUTE_HINT = (
 _TOML_POSITION = re.compile(r"at line (\d+), column (\d+)")
 
 
-class ConfigError(LearningMCPError, ValueError):
+class ConfigError(MessageError, ValueError):
     """A config that cannot become a job payload (a :class:`LearningMCPError`, and a ``ValueError`` as before).
 
     ``code``: stable snake_case (``invalid_toml``, ``config_not_found``, ``missing_algorithm``,
@@ -190,9 +193,6 @@ class ConfigError(LearningMCPError, ValueError):
         self.synth_message = text if from_synth else None
         self.hint = hint
         self.details: dict[str, Any] = self.data
-
-    def __str__(self) -> str:
-        return self.message
 
     def to_dict(self) -> dict[str, Any]:
         """The ``{code, message, param}`` error shape of §9.19."""
@@ -307,29 +307,6 @@ def _base_dir(cwd: str | os.PathLike[str] | None) -> Path:
     return Path(cwd).expanduser().resolve() if cwd is not None else Path.cwd()
 
 
-def _exists(path: Path) -> bool:
-    """``path.exists()`` that treats unusable names (too long, NUL bytes) as missing."""
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
-
-
-def _resolve_path(raw: str | os.PathLike[str], base_dir: Path) -> Path:
-    path = Path(raw).expanduser()
-    return (path if path.is_absolute() else base_dir / path).resolve()
-
-
-def _looks_like_path(text: str, base_dir: Path) -> bool:
-    """Decide whether a one-argument ``config`` string is a path (True) or TOML text (False)."""
-    if "\n" in text:
-        return False
-    stripped = text.strip()
-    if _exists(_resolve_path(stripped, base_dir)) or stripped.lower().endswith(".toml"):
-        return True
-    return not ("=" in stripped or "[" in stripped)
-
-
 def _parse_toml_text(text: str, label: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
@@ -376,13 +353,14 @@ def load_config(
 ) -> tuple[dict[str, Any], Path | None]:
     """Parse ``config`` (a path to a .toml file, or TOML text) into a dict; also return the file's path.
 
-    A string is TOML text when it holds a newline, or when it holds ``=`` or ``[`` and is neither an
-    existing path nor a name ending in ``.toml``; otherwise it is a path, relative to ``cwd``. Raises
+    Path or text is decided by :func:`~learning_mcp.tools.config_source.config_path` (the rule every config
+    loader shares): a string is TOML text when it holds a newline, or when it holds ``=`` or ``[`` and is
+    neither an existing path nor a name ending in ``.toml``; otherwise it is a path, relative to ``cwd``. Raises
     :class:`ConfigError` ``config_not_found`` or ``invalid_toml`` (with the line and column from tomllib).
     """
     base_dir = _base_dir(cwd)
     if isinstance(config, os.PathLike):
-        path = _resolve_path(config, base_dir)
+        path = config_path(config, cwd=base_dir)
         return _read_toml_file(path, base_dir), path
     if not isinstance(config, str):
         raise ConfigError(
@@ -398,8 +376,8 @@ def load_config(
             param="config",
             from_synth=False,
         )
-    if _looks_like_path(config, base_dir):
-        path = _resolve_path(config.strip(), base_dir)
+    path = config_path(config, cwd=base_dir)  # the one path-or-text rule (tools/config_source.py)
+    if path is not None:
         return _read_toml_file(path, base_dir), path
     return _parse_toml_text(config, "<config text>"), None
 
@@ -696,10 +674,12 @@ def _resolve_validation_path(data_section: Mapping[str, Any], *, base_dir: Path,
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _synth_model(raw_model: str, *, param: str, allow_experimental: bool | None, notes: _Notes) -> str:
+def _synth_model(raw_model: str, *, param: str, allow_experimental: bool | None, notes: _Notes,
+                 environ: Mapping[str, str] | None = None) -> str:
     try:
         base_model = models_registry.ensure_allowed_model(
-            raw_model, allow_finetuned_prefixes=False, allow_experimental=allow_experimental, training_mode="sft"
+            raw_model, allow_finetuned_prefixes=False, allow_experimental=allow_experimental, training_mode="sft",
+            environ=environ,
         )
     except models_registry.ModelNotSupportedError as exc:
         code = {
@@ -712,7 +692,7 @@ def _synth_model(raw_model: str, *, param: str, allow_experimental: bool | None,
         elif exc.code == "model_not_supported":
             hint = f"{hint} (target=\"local\" accepts any Hugging Face id or local path.)"
         raise ConfigError(code, exc.synth_message, param=param, hint=hint.strip()) from exc
-    if base_model in models_registry.experimental_models():
+    if base_model in models_registry.experimental_models(environ):
         notes.warn(f"Model '{base_model}' is experimental and may change or be removed.")
     return base_model
 
@@ -1180,13 +1160,15 @@ def build_sft_plan(
     allow_experimental: bool | None = None,
     cwd: str | os.PathLike[str] | None = None,
     require_dataset_path: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> SFTJobPlan:
     """Validate an SFT config in Synth's order and build the job payload (see the module docstring).
 
     ``config``: a .toml path, TOML text, or an already-parsed mapping. ``dataset``: the training JSONL, which
     wins over ``[job].data``. ``training_file_id`` / ``validation_file_id``: already-uploaded files, set in the
     payload. ``model``: overrides ``[job].model``. ``allow_experimental``: None defers to ``SDK_EXPERIMENTAL``.
-    ``cwd``: what relative paths resolve against. Raises :class:`ConfigError`.
+    ``cwd``: what relative paths resolve against. ``environ``: where ``SDK_EXPERIMENTAL*`` are read (the server
+    passes its ``Settings.environ``; None: the process environment). Raises :class:`ConfigError`.
     """
     if target not in ("synth", "local"):
         raise ConfigError(
@@ -1221,7 +1203,8 @@ def build_sft_plan(
     model_param = "model" if model_override else "job.model"
     raw_model = parsed["job"]["model"]
     if target == "synth":
-        final_model = _synth_model(raw_model, param=model_param, allow_experimental=allow_experimental, notes=notes)
+        final_model = _synth_model(raw_model, param=model_param, allow_experimental=allow_experimental, notes=notes,
+                                   environ=environ)
     else:
         final_model = _local_model(raw_model, param=model_param, base_dir=base_dir, notes=notes)
     if model_override:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_jsonl_atomic
+from .errors import MessageError
 
 __all__ = [
     "ANSWER_KEYS",
@@ -90,16 +91,14 @@ class Task:
         }
 
 
-class TaskFileError(Exception):
+class TaskFileError(MessageError):
     """A task file that cannot be used. ``code`` is snake_case; ``message`` names the line(s) and what is wrong.
 
     ``problems`` lists every ``(line, code, message)`` found (line is None for file-level problems).
     """
 
     def __init__(self, code: str, message: str, problems: list[tuple[int | None, str, str]] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.problems = problems or [(None, code, message)]
 
     def to_dict(self) -> dict:
