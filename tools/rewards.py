@@ -152,6 +152,7 @@ _ANSWER_PHRASE_RE = re.compile(
 )
 _SENTENCE_END_RE = re.compile(r"(?<=\S)[.!?](?:\s+|\*+\s*)(?=[A-Z(\[])")
 _MATHLIKE_RE = re.compile(r"[\d\\]")
+_LEADING_VALUE_RE = re.compile(r"(\S+)\s")
 _LEADING_NUMBER_RE = re.compile(r"(?P<number>[-+]?\\?\$?[-+]?\d[\d,.{}/]*%?)\s+(?=[A-Z](?:[a-z]|\s))")
 _FRAC_RE = re.compile(r"^\\[dt]?frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}$")
 
@@ -395,10 +396,15 @@ class AnswerVerifier:
         expected_text = answer if isinstance(answer, str) else str(answer)
         if _normalize_auto(extracted, self.ignore_case) == _normalize_auto(expected_text, self.ignore_case):
             return True
-        got, expected_number = parse_number(_clean_answer(extracted)), parse_number(answer)
-        return got is not None and expected_number is not None and _numbers_close(
-            got, expected_number, self.tolerance, self.rel_tolerance
-        )
+        expected_number = parse_number(answer)
+        if expected_number is None:
+            return False
+        cleaned = _clean_answer(extracted)
+        got = parse_number(cleaned)
+        if got is None:  # "42 and that is all": a number answer is the span's leading number (GSM8K's "#### 42")
+            lead = _LEADING_VALUE_RE.match(cleaned)
+            got = parse_number(lead.group(1)) if lead else None
+        return got is not None and _numbers_close(got, expected_number, self.tolerance, self.rel_tolerance)
 
 
 @dataclass(frozen=True)
