@@ -17,7 +17,8 @@ Shared design:
 * **Retries** (:class:`RetryPolicy`) – connection errors, timeouts, 408, 429 and 5xx are retried with exponential
   backoff (``Retry-After`` is honoured when the server sends it); other 4xx fail at once. After the last attempt a
   :class:`ChatEndpointError` / :class:`TaskAppError` names the URL (never the API key; response excerpts are
-  redacted) and what to check. A chat endpoint that rejects ``top_k`` with a 400 (OpenAI does) is retried without it.
+  redacted) and what to check. A chat endpoint that rejects ``top_k`` or ``chat_template_kwargs`` with a 400 (OpenAI
+  does) is retried without it.
 * **Fail fast** – the first endpoint or verifier error cancels the other workers and is raised as is (no exception
   groups). Verifier errors are :class:`~learning_mcp.tools.rewards.VerifierError`. A task app is the exception for
   per-seed 5xx/timeouts after retries: a crashing environment seed is counted in ``errors`` and skipped (raised only
@@ -76,7 +77,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENV_API_KEY_VAR = "ENVIRONMENT_API_KEY"
-_DROPPABLE_PARAMS = ("top_k",)  # vLLM extensions an OpenAI-style server may reject with a 400
+_DROPPABLE_PARAMS = ("top_k", "chat_template_kwargs")  # vLLM extensions an OpenAI-style server may reject (400)
 _EXCERPT_CHARS = 300
 
 ProgressCallback = Callable[[int, int], "Awaitable[None] | None"]
@@ -95,6 +96,8 @@ class SamplingSettings:
     max_tokens: int = 64
     stop: list[str] | None = None
     seed: int | None = None
+    # passed to the server's chat template, as vLLM's API takes them, e.g. {"enable_thinking": False} for Qwen3
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -107,6 +110,9 @@ class SamplingSettings:
             raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
+            raise ValueError(f"chat_template_kwargs must be a dict, e.g. {{'enable_thinking': False}}, got "
+                             f"{self.chat_template_kwargs!r}")
 
 
 @dataclass
@@ -388,6 +394,8 @@ def build_chat_body(
         body["top_k"] = settings.top_k
     if settings.stop:
         body["stop"] = list(settings.stop)
+    if settings.chat_template_kwargs:
+        body["chat_template_kwargs"] = dict(settings.chat_template_kwargs)
     if seed is not None:
         body["seed"] = seed
     for key in drop:
