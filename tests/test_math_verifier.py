@@ -314,3 +314,36 @@ def test_zero_score_warning_only_when_nothing_scored():
     text = zero_score_warning({"a": [0.0, 0.0], "b": [None]}, {"type": "python", "function": "m:f"})
     assert text is not None and "python (m:f) verifier scored all 2" in text
     assert zero_score_warning({"a": [0.4]}, verifier, threshold=0.5) is not None
+
+
+# -- through the MCP `eval` tool ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_mcp_eval_tool_with_the_math_verifier_reads_gsm8k_references(backend, tiny_model, tmp_path):
+    """The case file (references ending '#### N'), answered in grader-equivalent forms, through the `eval` tool."""
+    from mcp import Client
+
+    from learning_mcp.server.app import ServerSettings, create_server
+
+    tasks = tmp_path / "gsm8k_style_references.jsonl"
+    rows = CASE_LINES + [{"id": "m1", "prompt": "What is 3/4 as a decimal, negated?", "answer": "-0.75",
+                          "split": "validation"}]
+    tasks.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    answers = {"A shop": "<think>\n\n</think>\n\n14 + 28 = 42, so the answer is $\\boxed{42}$.",
+               "Tom reads": "#### 45\nI hope this answer is helpful!", "What is 3/4": r"\boxed{-\frac{3}{4}}"}
+
+    def answer(messages, index):
+        return next(text for prefix, text in answers.items() if messages[-1]["content"].startswith(prefix))
+
+    with start_chat_stub(answer) as stub:
+        settings = ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp"))
+        async with Client(create_server(settings)) as client:
+            results = {}
+            for verifier in ("math", "exact"):
+                r = await client.call_tool("eval", {"model": str(tiny_model), "tasks": str(tasks), "verifier": verifier,
+                                                    "chat_url": stub.chat_url, "wait_seconds": 40})
+                assert r.structured_content["state"] == "succeeded", r.content[0].text
+                results[verifier] = r.structured_content
+    assert results["math"]["problems"] == 3 and results["math"]["pass_at_1"] == 1.0, results["math"]
+    assert results["exact"]["pass_at_1"] == 0.0
