@@ -27,10 +27,12 @@ Stop strings
     ``stop`` strings END generation: ``generate`` gets a ``StoppingCriteria`` that, after every step, decodes the
     last few GENERATED tokens of each row and finishes that row as soon as they contain a stop string, so no tokens
     are spent past it. (transformers' own ``stop_strings`` also matches a stop string that begins in the prompt –
-    ``"\\n\\n"`` after a template's ``"assistant\\n"`` would end generation at its first token – hence our own.) The returned text ends before the earliest stop string (which is not
-    returned), ``finish_reason`` is ``"stop"``, and ``usage.completion_tokens`` counts the tokens generated up to and
-    including the one that completed the stop string – as vLLM counts them, and as an end token is counted – never the
-    padding after it. Stop strings are part of the batching key, so rows of one ``generate`` call share them.
+    ``"\\n\\n"`` after a template's ``"assistant\\n"`` would end generation at its first token – hence our own.)
+    The returned text ends before the earliest stop string (which is not returned), ``finish_reason`` is ``"stop"``,
+    and ``usage.completion_tokens`` counts the tokens generated up to and including the one that completed the stop
+    string – as vLLM counts them, and as an end token is counted – never the padding after it. Stop strings are part
+    of the batching key, so rows of one ``generate`` call share them. ``stats["decode_steps"]`` counts the steps
+    ``generate`` actually ran.
     With ``seed`` set, the batch runs under a forked RNG seeded with it, so a request served alone is
     reproducible (a batch shares one seed; its rows still get different samples).
 

@@ -49,7 +49,9 @@ class MathVerifyMissing(RuntimeError):
 def require_math_verify() -> None:
     """Raise :class:`MathVerifyMissing` (with the install command) unless math-verify is importable."""
     if importlib.util.find_spec("math_verify") is None:
-        raise MathVerifyMissing(f"the math verifier needs the math-verify package, which is not installed: {INSTALL_HINT}")
+        raise MathVerifyMissing(
+            f"the math verifier needs the math-verify package, which is not installed: {INSTALL_HINT}"
+        )
 
 
 class _Child:

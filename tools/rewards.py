@@ -141,7 +141,8 @@ def strip_reasoning(text: str) -> str:
 
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+"
 _NUMBER_RE = re.compile(
-    rf"[-+]?\\[dt]?frac\s*\{{\s*[-+]?\d+\s*\}}\s*\{{\s*[-+]?\d+\s*\}}|\\[dt]?frac\d\d|(?:{_NUMBER})(?:\s*/\s*(?:{_NUMBER}))?"
+    rf"[-+]?\\[dt]?frac\s*\{{\s*[-+]?\d+\s*\}}\s*\{{\s*[-+]?\d+\s*\}}|\\[dt]?frac\d\d"
+    rf"|(?:{_NUMBER})(?:\s*/\s*(?:{_NUMBER}))?"
 )
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES_RE = re.compile(r"#{4,}[ \t]*(?P<value>(?:[^\n#]|#(?!###))*)")
@@ -184,7 +185,8 @@ def _clean_answer(value: str) -> str:
 
 
 def _first_sentence(value: str) -> str:
-    """``"42. I hope this helps!"`` → ``"42."``, ``"42 I hope…"`` → ``"42"``: a value ends where a sentence starts."""
+    """``"42. I hope this helps!"`` → ``"42."``, ``"42 I hope…"`` → ``"42"``: a value ends where a sentence
+    starts."""
     match = _SENTENCE_END_RE.search(value)
     if match:
         value = value[: match.start() + 1]
@@ -250,7 +252,8 @@ def extract_final_answer(
 
 
 def _latex_number_marks(text: str) -> str:
-    """``1{,}000`` → ``1,000``; ``1\\,000`` / ``1\\!000`` → ``1000``; ``\\$`` → ``$``; ``\\%`` → ``%`` (pure)."""
+    """``1{,}000`` → ``1,000``; ``1\\,000`` / ``1\\!000`` → ``1000``; ``\\$`` → ``$``; ``\\%`` → ``%``
+    (pure)."""
     text = text.replace("{,}", ",").replace("\\$", "$").replace("\\%", "%")
     return re.sub(r"(?<=\d)\\[,!;: ](?=\d)", "", text)
 
@@ -463,7 +466,8 @@ _TRAILING_WORDS_RE = re.compile(r"^(?P<number>[-+]?\\?\$?\s*[-+]?\d[\d,.{}]*%?)\
 
 def _tidy_math(span: str) -> str:
     """Grader-style clean-up of an answer span before math-verify parses it (pure): markdown bold, a trailing
-    period, surrounding ``$…$`` / ``\\(…\\)``, and plain-text unit words after a number (``72 dollars`` → ``72``)."""
+    period, surrounding ``$…$`` / ``\\(…\\)``, and plain-text unit words after a number (``72 dollars`` →
+    ``72``)."""
     value = span.strip().strip("*_ \t").strip()
     if value.startswith("\\(") and value.endswith("\\)"):
         value = value[2:-2].strip()
