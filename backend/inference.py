@@ -19,8 +19,20 @@ Batching
 Decoding (training-notes §9.2 gotchas)
     ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)`` then tokenise with
     ``add_special_tokens=False``; pad/eos ids passed explicitly; each row is cut at the first EOS /
-    ``<|im_end|>``, pad stripped, special tokens skipped; then cut at the first ``stop`` string.
+    ``<|im_end|>``, pad stripped, special tokens skipped. ``chat_template_kwargs`` from the request body (e.g.
+    ``{"enable_thinking": false}``) are passed to ``apply_chat_template``, as vLLM's API does.
     ``finish_reason`` is ``"stop"`` when an end token or stop string ended the text, else ``"length"``.
+
+Stop strings
+    ``stop`` strings END generation: ``generate`` gets a ``StoppingCriteria`` that, after every step, decodes the
+    last few GENERATED tokens of each row and finishes that row as soon as they contain a stop string, so no tokens
+    are spent past it. (transformers' own ``stop_strings`` also matches a stop string that begins in the prompt –
+    ``"\\n\\n"`` after a template's ``"assistant\\n"`` would end generation at its first token – hence our own.)
+    The returned text ends before the earliest stop string (which is not returned), ``finish_reason`` is ``"stop"``,
+    and ``usage.completion_tokens`` counts the tokens generated up to and including the one that completed the stop
+    string – as vLLM counts them, and as an end token is counted – never the padding after it. Stop strings are part
+    of the batching key, so rows of one ``generate`` call share them. ``stats["decode_steps"]`` counts the steps
+    ``generate`` actually ran.
     With ``seed`` set, the batch runs under a forked RNG seeded with it, so a request served alone is
     reproducible (a batch shares one seed; its rows still get different samples).
 
@@ -70,7 +82,10 @@ IGNORED_FIELDS = {
     "repetition_penalty", "min_p",
 }
 KNOWN_FIELDS = {"model", "messages", "tools", "n", "temperature", "top_p", "top_k", "max_tokens",
-                "max_completion_tokens", "stop", "seed", "stream"} | IGNORED_FIELDS
+                "max_completion_tokens", "stop", "seed", "stream", "chat_template_kwargs"} | IGNORED_FIELDS
+# apply_chat_template arguments the engine sets itself; chat_template_kwargs may not override them
+RESERVED_TEMPLATE_KWARGS = {"conversation", "messages", "tools", "tokenize", "add_generation_prompt", "return_dict",
+                            "return_tensors", "continue_final_message", "chat_template", "tokenizer_kwargs"}
 
 
 class InferenceError(LearningMCPError):
@@ -94,6 +109,7 @@ class SamplingParams:
     top_k: int
     max_tokens: int
     seed: int | None
+    stop: tuple[str, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -108,6 +124,7 @@ class ChatRequest:
     n: int
     sampling: SamplingParams
     stop: list[str]
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _bad(message: str, param: str, status: int = 400, code: str = "invalid_request") -> InferenceError:
@@ -191,7 +208,17 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise _bad("stop must be a string or a list of strings", "stop", 422, "invalid_type")
     if len(stops) > MAX_STOP_STRINGS:
         raise _bad(f"at most {MAX_STOP_STRINGS} stop strings are supported", "stop")
-    stops = [s for s in stops if s]
+    stops = list(dict.fromkeys(s for s in stops if s))
+    template_kwargs = body.get("chat_template_kwargs")
+    if template_kwargs is None:
+        template_kwargs = {}
+    elif not isinstance(template_kwargs, dict):
+        raise _bad("chat_template_kwargs must be an object, e.g. {\"enable_thinking\": false}", "chat_template_kwargs",
+                   422, "invalid_type")
+    reserved = sorted(set(template_kwargs) & RESERVED_TEMPLATE_KWARGS)
+    if reserved:
+        raise _bad(f"chat_template_kwargs may not set {', '.join(reserved)} (the server sets it)",
+                   "chat_template_kwargs")
     unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
         logger.debug("ignoring unknown chat-completion fields %s", unknown)
@@ -200,15 +227,49 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if temperature == 0.0:
         top_p, top_k = 1.0, 0
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k or 0, max_tokens=max_tokens,
-                              seed=seed)
+                              seed=seed, stop=tuple(stops))
     return ChatRequest(model=model.strip(), messages=messages, tools=tools or None, n=n, sampling=sampling,
-                       stop=stops)
+                       stop=stops, chat_template_kwargs=dict(template_kwargs))
 
 
 def apply_stop_strings(text: str, stops: list[str]) -> tuple[str, bool]:
     """Cut ``text`` at the earliest stop string; ``(text, stopped)``."""
     cut = min((index for index in (text.find(s) for s in stops) if index >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _stop_criteria(tokenizer: Any, stops: tuple[str, ...], prompt_width: int) -> Any:
+    """A ``StoppingCriteriaList`` that ends each row once its generated text (after ``prompt_width``) contains a
+    stop string. Only the last ``longest stop + 4`` tokens are decoded per step (a token decodes to >= 1 character,
+    so a stop string completed by the newest token lies inside them)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    window = max(len(stop) for stop in stops) + 4
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            generated = input_ids[:, prompt_width:]
+            done = [
+                any(stop in tokenizer.decode(row[-window:].tolist(), skip_special_tokens=True) for stop in stops)
+                for row in generated
+            ]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnStrings()])
+
+
+def _tokens_to_stop(tokenizer: Any, tokens: list[int], stops: tuple[str, ...]) -> int:
+    """The fewest leading ``tokens`` whose decoded text contains a stop string (binary search; the text of a
+    longer prefix contains that of a shorter one). ``len(tokens)`` when no prefix does."""
+    low, high = 1, len(tokens)
+    while low < high:
+        middle = (low + high) // 2
+        if any(stop in tokenizer.decode(tokens[:middle], skip_special_tokens=True) for stop in stops):
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,7 +325,7 @@ class InferenceEngine:
         self._closed = False
         self.stats: dict[str, int] = {"generate_calls": 0, "requests": 0, "batched_requests": 0,
                                       "generated_tokens": 0, "prompt_tokens": 0, "max_batch_rows": 0,
-                                      "model_loads": 0}
+                                      "model_loads": 0, "decode_steps": 0}
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -439,7 +500,7 @@ class InferenceEngine:
         tokenizer = loaded.tokenizer
         try:
             text = tokenizer.apply_chat_template(request.messages, tools=request.tools, add_generation_prompt=True,
-                                                 tokenize=False)
+                                                 tokenize=False, **request.chat_template_kwargs)
         except Exception as exc:
             if not any(isinstance(m.get("content"), (list, dict)) for m in request.messages):
                 raise InferenceError(400, "invalid_messages", f"the model's chat template cannot render these "
@@ -447,7 +508,8 @@ class InferenceEngine:
             from .trainer import flatten_multimodal
 
             text = tokenizer.apply_chat_template(flatten_multimodal(request.messages), tools=request.tools,
-                                                 add_generation_prompt=True, tokenize=False)
+                                                 add_generation_prompt=True, tokenize=False,
+                                                 **request.chat_template_kwargs)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _run_batch(self, model_id: str, sampling: SamplingParams,
@@ -495,10 +557,9 @@ class InferenceEngine:
             request = batch[i].request
             samples = texts[i] * request.n if sampling.greedy else texts[i]
             out_texts, reasons, counts = [], [], []
-            for text, reason, count in samples[: request.n]:
-                text, stopped = apply_stop_strings(text, request.stop)
+            for text, reason, count in samples[: request.n]:  # stop strings were applied by _generate
                 out_texts.append(text)
-                reasons.append("stop" if stopped else reason)
+                reasons.append(reason)
                 counts.append(count)
             results[i] = _Completion(texts=out_texts, finish_reasons=reasons, completion_tokens=counts,
                                      prompt_tokens=len(prompts[i]))  # type: ignore[arg-type]
@@ -535,11 +596,13 @@ class InferenceEngine:
         max_new = sampling.max_tokens
         if loaded.context_size:
             max_new = max(1, min(max_new, loaded.context_size - width))
+        extra = {"stopping_criteria": _stop_criteria(tokenizer, sampling.stop, width)} if sampling.stop else {}
         output = loaded.model.generate(input_ids=input_ids.to(loaded.device),
                                        attention_mask=attention.to(loaded.device),
-                                       generation_config=self._generation_config(loaded, sampling, max_new))
+                                       generation_config=self._generation_config(loaded, sampling, max_new), **extra)
         self.stats["generate_calls"] += 1
         self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], len(prompts))
+        self.stats["decode_steps"] += int(output.shape[1]) - width
         new_tokens = output[:, width:].tolist()
         decoded: list[tuple[str, str, int]] = []
         eos = set(loaded.eos_ids)
@@ -549,8 +612,13 @@ class InferenceEngine:
             kept = tokens[:end] if end is not None else tokens
             kept = [t for t in kept if t != loaded.pad_id]
             count = (end + 1) if end is not None else len(kept)
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            cut_text, stopped = apply_stop_strings(text, list(sampling.stop))
+            if stopped:
+                text, reason = cut_text, "stop"
+                count = _tokens_to_stop(tokenizer, kept, sampling.stop)
             self.stats["generated_tokens"] += count
-            decoded.append((tokenizer.decode(kept, skip_special_tokens=True), reason, count))
+            decoded.append((text, reason, count))
         return decoded
 
     # -- response -----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .traces import TraceSample, TraceStore, summarize_rewards
 
 logger = logging.getLogger("learning_mcp.tools.evaluate")
 
-_DROPPABLE_PARAMS = ("top_k",)  # vLLM extensions an OpenAI-style server may reject with a 400
+_DROPPABLE_PARAMS = ("top_k", "chat_template_kwargs")  # vLLM extensions an OpenAI-style server may reject (400)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -44,6 +44,8 @@ class SamplingSettings:
     max_tokens: int = 64
     stop: list[str] | None = None
     seed: int | None = None
+    # passed to the server's chat template, as vLLM's API takes them, e.g. {"enable_thinking": False} for Qwen3
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -56,6 +58,9 @@ class SamplingSettings:
             raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
+            raise ValueError(f"chat_template_kwargs must be a dict, e.g. {{'enable_thinking': False}}, got "
+                             f"{self.chat_template_kwargs!r}")
 
 
 @dataclass
@@ -145,6 +150,8 @@ def build_chat_body(
         body["top_k"] = settings.top_k
     if settings.stop:
         body["stop"] = list(settings.stop)
+    if settings.chat_template_kwargs:
+        body["chat_template_kwargs"] = dict(settings.chat_template_kwargs)
     if seed is not None:
         body["seed"] = seed
     for key in drop:
