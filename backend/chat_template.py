@@ -327,9 +327,10 @@ def prefix_diff_spans(tokenizer, messages: list[dict[str, Any]], tools: list | N
         if message.get("role") != "assistant" or (is_untrained(message) and not include_untrained):
             continue
         try:
-            prompt = _render(tokenizer, messages[:index], tools, chat_template, generation_prompt=True) if index else ""
-        except Exception:
-            prompt = ""  # a template that cannot render an empty or odd prefix: the turn starts at the text's start
+            prompt = _render(tokenizer, messages[:index], tools, chat_template, generation_prompt=True)
+        except Exception as exc:
+            raise SpanError(f"message {index}: the conversation before this assistant turn does not render with a "
+                            f"generation prompt ({type(exc).__name__}: {str(exc)[:200]})") from None
         try:
             own = _render(tokenizer, messages[: index + 1], tools, chat_template)
         except Exception as exc:
@@ -345,9 +346,9 @@ def prefix_diff_spans(tokenizer, messages: list[dict[str, Any]], tools: list | N
                 f"message {index}: the model's chat template does not render this assistant turn's tool_calls "
                 f"({', '.join(missing)}), so the model would learn an incomplete reply; use a model whose chat "
                 "template supports tool calls, or remove the tool calls from the data")
-        if not prompt or start == 0:
-            notes.append(f"message {index}: no generation prompt could be separated; the turn's span starts at "
-                         "the beginning of the text")
+        if start == 0:
+            raise SpanError(f"message {index}: the rendering up to this assistant turn shares nothing with the "
+                            "rendering before it")
         if full_text[:start] == own[:start]:
             end = _trim_end(full_text, start, _common_prefix(own[:own_end], full_text, start), specials)
             if end > start and (end == own_end or _turn_visible(message, full_text[start:end])):
