@@ -53,9 +53,9 @@ from .chat_template import (
     TemplateDropsContentError,
     TokenizedExample,
     ToolArgumentsError,
-    assistant_spans,
+    assistant_spans,  # noqa: F401  (re-exported: tests and inference import it from here)
     decode_tool_arguments,
-    flatten_multimodal,
+    flatten_multimodal,  # noqa: F401  (re-exported: inference imports it from here)
     has_generation_markers,
     tokenize_conversation,
 )
