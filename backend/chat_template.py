@@ -252,12 +252,20 @@ def _special_strings(tokenizer) -> tuple[str, ...]:
 
 
 def _common_prefix(a: str, b: str, start: int = 0) -> int:
-    """Index where ``a`` and ``b`` first differ at or after ``start`` (they agree before it)."""
-    end = min(len(a), len(b))
-    index = start
-    while index < end and a[index] == b[index]:
-        index += 1
-    return index
+    """Index where ``a`` and ``b`` first differ at or after ``start`` (the caller knows they agree before it).
+
+    Binary search over slice comparisons, so long renderings are compared at C speed.
+    """
+    low, high = start, min(len(a), len(b))
+    if a[low:high] == b[low:high]:
+        return high
+    while high - low > 1:  # a[low:high] != b[low:high]
+        middle = (low + high) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def _trim_end(text: str, start: int, end: int, specials: tuple[str, ...]) -> int:
@@ -377,9 +385,13 @@ def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | No
 
 def _labels_for_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
     """Token ids of ``text`` and labels trained on the tokens overlapping ``spans``; checked."""
+    previous_end = 0
     for a, b in spans:
         if not 0 <= a < b <= len(text):
             raise SpanError(f"span {a}:{b} lies outside the rendered text (length {len(text)})")
+        if a < previous_end:
+            raise SpanError(f"span {a}:{b} overlaps the span before it")
+        previous_end = b
     input_ids, offsets = _encode(tokenizer, text)
     if offsets is None:  # no offsets: tokenise the pieces between span boundaries
         input_ids, labels, cursor = [], [], 0
@@ -395,12 +407,21 @@ def _labels_for_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> tup
             later[0] < earlier[0] for earlier, later in zip(offsets, offsets[1:]))):
         raise SpanError("the tokenizer's offsets do not cover the rendered text")
     labels = [IGNORE_INDEX] * len(input_ids)
-    for a, b in spans:
-        hits = [i for i, (start, end) in enumerate(offsets) if start < b and end > a and end > start]
-        if not hits:
-            raise SpanError(f"no token covers the span {text[a:b]!r}")
-        for i in hits:
+    covered = [False] * len(spans)
+    current = 0
+    for i, (start, end) in enumerate(offsets):  # spans and offsets are both in text order
+        if end <= start:
+            continue
+        while current < len(spans) and spans[current][1] <= start:
+            current += 1
+        if current == len(spans):
+            break
+        if start < spans[current][1] and end > spans[current][0]:
             labels[i] = input_ids[i]
+            covered[current] = True
+    for (a, b), hit in zip(spans, covered):
+        if not hit:
+            raise SpanError(f"no token covers the span {text[a:b]!r}")
     return input_ids, labels
 
 
