@@ -762,6 +762,7 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         "total_tokens": train_data.total_tokens, "assistant_only_loss": assistant_only,
         "chat_template": "model", "span_method": span_method, "span_methods": train_data.methods,
         "fallback_lines": train_data.fallback_lines[:50], "extra_sequences": train_data.extra_sequences,
+        "truncated_sequences": train_data.truncated,
     }, level="warning" if notes else "info")
     dtype_name = str(weights_dtype).replace("torch.", "")
     if strategy == "qlora":

@@ -203,3 +203,23 @@ def test_job_succeeds_with_a_template_without_markers(backend, tmp_path_factory,
     points = httpx.get(f"{backend.api}/learning/jobs/{job['id']}/metrics",
                        params={"name": "train.loss"}).json()["points"]
     assert points and all(isinstance(p["value"], float) and p["value"] > 0 for p in points), json.dumps(points)
+
+
+def test_full_sequence_loss_is_chosen_by_hyperparameter_and_warned(tmp_path):
+    from conftest_ml import RecordingReporter, make_request
+
+    from learning_mcp.backend.trainer import run_training
+
+    model = _family_model(tmp_path, "smollm2_chatml")
+    rows = [{"messages": [{"role": "user", "content": f"{a}+1=?"}, {"role": "assistant", "content": str(a + 1)}]}
+            for a in range(8)]
+    reporter = RecordingReporter()
+    request = make_request(job_id="job_fullseq", model=model, models_dir=tmp_path / "models",
+                           train_path=write_jsonl(tmp_path / "train.jsonl", rows),
+                           hyperparameters={"total_steps": 1, "per_device_batch": 8, "assistant_only_loss": "false"})
+    run_training(request, reporter)
+    prepared = reporter.of_type("sft.config.prepared")[0]
+    assert prepared["level"] == "warning" and "assistant_only_loss is false" in prepared["message"]
+    data = prepared["data"]
+    assert data["assistant_only_loss"] is False and data["span_methods"] == {METHOD_FULL_SEQUENCE: 8}
+    assert data["trainable_tokens"] == data["total_tokens"]
