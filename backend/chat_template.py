@@ -321,18 +321,19 @@ class _PrefixDiff:
 
 
 def prefix_diff_spans(tokenizer, messages: list[dict[str, Any]], tools: list | None, chat_template: str | None,
-                      full_text: str, *, include_untrained: bool = False) -> _PrefixDiff:
-    """Character spans of the assistant turns in ``full_text`` by rendering prefixes (module docstring).
+                      full_text: str) -> _PrefixDiff:
+    """Character spans of the trained assistant turns in ``full_text`` by rendering prefixes (module
+    docstring); ``weight: 0`` turns are left out.
 
-    ``weight: 0`` turns are left out unless ``include_untrained``. Raises :class:`SpanError` when a turn
-    cannot be located at all.
+    Raises :class:`SpanError` when a turn cannot be located (the caller falls back) and
+    :class:`TemplateDropsContentError` when the template does not render a turn's tool calls.
     """
     specials = _special_strings(tokenizer)
     spans: list[tuple[int, int]] = []
     per_turn: list[tuple[str, tuple[int, int]]] = []
     notes: list[str] = []
     for index, message in enumerate(messages):
-        if message.get("role") != "assistant" or (is_untrained(message) and not include_untrained):
+        if message.get("role") != "assistant" or is_untrained(message):
             continue
         try:
             prompt = _render(tokenizer, messages[:index], tools, chat_template, generation_prompt=True)
@@ -357,6 +358,9 @@ def prefix_diff_spans(tokenizer, messages: list[dict[str, Any]], tools: list | N
         if start == 0:
             raise SpanError(f"message {index}: the rendering up to this assistant turn shares nothing with the "
                             "rendering before it")
+        if start < len(prompt):  # e.g. DeepSeek-R1-distill prompts with "<think>\n", which training turns lack
+            notes.append(f"message {index}: the generation prompt ends in {prompt[start:][:40]!r}, which the "
+                         "rendered turn does not start with; the span starts where they part")
         if full_text[:start] == own[:start]:
             end = _trim_end(full_text, start, _common_prefix(own[:own_end], full_text, start), specials)
             if end > start and (end == own_end or _turn_visible(message, full_text[start:end])):
