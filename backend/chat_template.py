@@ -26,9 +26,13 @@ How the assistant spans are found, in order of preference
        DeepSeek-R1-distill drops everything up to ``</think>``): that turn is not trained inside ``F``
        (its text there is not what the model generated) but in an extra sequence, ``Q`` itself, which
        is the conversation exactly as the model saw it when it produced that turn.
-    4. ``fallback`` — spans cannot be found (a prefix does not render, a turn renders to nothing, the
-       checks fail): the example is trained on the whole sequence and the example is counted and
-       warned about by the caller. Never silent.
+    4. ``fallback`` — spans cannot be found (a prefix does not render with a generation prompt, a
+       turn renders to nothing, the checks fail): the example is trained on the whole sequence and
+       the caller counts and warns about it (with line numbers). Never silent.
+    A template that renders an assistant turn without its ``tool_calls`` (Llama 3.0, Phi-3,
+    DeepSeek-R1-distill, SmolLM2-style ChatML) is an error (:class:`TemplateDropsContentError`): the
+    model would learn an empty reply. Templates that raise on a conversation (Gemma: no system
+    role, strict user/assistant alternation) raise here too; the trainer names the line.
     ``full-sequence`` — ``assistant_only_loss = false``: every token is trained (the caller warns).
 
 Tool-call arguments
