@@ -203,8 +203,11 @@ def flatten_multimodal(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def has_generation_markers(template: str | None) -> bool:
-    return bool(template) and bool(_GENERATION_MARKER.search(template))
+def has_generation_markers(template: str | dict[str, str] | None) -> bool:
+    """Whether the template (or every one of a tokenizer's named templates) has ``{% generation %}``."""
+    if isinstance(template, dict):
+        return bool(template) and all(has_generation_markers(t) for t in template.values())
+    return isinstance(template, str) and bool(_GENERATION_MARKER.search(template))
 
 
 def _render(tokenizer, messages, tools, chat_template, *, generation_prompt: bool = False) -> str:
