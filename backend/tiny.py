@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -123,8 +124,14 @@ def build_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer():
-    """The character-level tokenizer with the ChatML template.
+def build_tokenizer(*, chat_template: str | None = None, special_tokens: Sequence[str] = (),
+                    bos_token: str | None = None, eos_token: str | None = None):
+    """The character-level tokenizer with the ChatML template (or ``chat_template``).
+
+    ``chat_template``/``special_tokens``/``bos_token``/``eos_token`` put another family's template on the
+    tiny model (e.g. Llama 3.2's, with ``<|start_header_id|>``, ``<|eot_id|>`` … as special tokens and
+    ``bos_token="<|begin_of_text|>"``, ``eos_token="<|eot_id|>"``); the tokens are added after the base
+    vocabulary, so the ids of the default tokenizer never change.
 
     Built as a ``Qwen2Tokenizer`` (byte-level BPE with an empty merge list, i.e. one token per byte)
     rather than a free-form ``PreTrainedTokenizerFast``: transformers 5's ``AutoTokenizer`` always
@@ -149,14 +156,24 @@ def build_tokenizer():
         model_max_length=MAX_POSITION_EMBEDDINGS,
     )
     tokenizer.add_tokens([AddedToken(word, special=False, normalized=False) for word in ROLE_WORDS])
-    tokenizer.chat_template = CHAT_TEMPLATE
+    extra = [t for t in dict.fromkeys([*special_tokens, bos_token, eos_token]) if t and t not in SPECIAL_TOKENS]
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, *extra]})
+    if bos_token:
+        tokenizer.bos_token = bos_token
+    if eos_token:
+        tokenizer.eos_token = eos_token
+    tokenizer.chat_template = chat_template or CHAT_TEMPLATE
     return tokenizer
 
 
-def build_tiny_model(path: str | Path, *, size: ModelSize = "tiny", seed: int = 0) -> Path:
+def build_tiny_model(path: str | Path, *, size: ModelSize = "tiny", seed: int = 0,
+                     chat_template: str | None = None, special_tokens: Sequence[str] = (),
+                     bos_token: str | None = None, eos_token: str | None = None) -> Path:
     """Write a tiny Qwen2 causal LM plus tokenizer to ``path`` and return it.
 
-    The same ``size`` and ``seed`` always give bit-identical weights.
+    The same ``size`` and ``seed`` always give bit-identical weights. The template arguments are
+    :func:`build_tokenizer`'s (another family's chat template on the tiny model).
     """
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(MODEL_SIZES)}")
@@ -165,9 +182,10 @@ def build_tiny_model(path: str | Path, *, size: ModelSize = "tiny", seed: int = 
 
     out_dir = Path(path).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(chat_template=chat_template, special_tokens=special_tokens, bos_token=bos_token,
+                                eos_token=eos_token)
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         max_position_embeddings=MAX_POSITION_EMBEDDINGS,

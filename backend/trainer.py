@@ -8,18 +8,17 @@ The layout follows TRL's example trainer scripts: config mapping in small pure f
 
 Data and loss masking
     Rows are conversational (``messages``, optional ``tools``; ``metadata`` is dropped). We tokenise
-    them ourselves with exactly the call TRL's ``assistant_only_loss=True`` makes —
-    ``apply_chat_template(messages, tools=…, return_dict=True, return_assistant_tokens_mask=True)``, with
-    TRL's training template swapped in when the model's template lacks ``{% generation %}`` markers —
-    and turn the assistant mask into ``labels``. Doing it here, rather than inside TRL, is what lets us
-    honour ``weight: 0`` on assistant messages (TRL has no per-message weight, training-notes §7.2):
-    the assistant mask's contiguous spans are matched to assistant messages in order (falling back to
-    prefix rendering when a template does not give one span per assistant turn) and a weight-0
-    message's span gets label -100. It also keeps the records out of Arrow, whose schema unification
-    would inject ``None`` keys into heterogeneous messages/tool calls. Examples left with no trainable
-    token (every assistant turn weight 0, or truncation at ``max_length`` cut them all) are skipped and
-    counted. TRL then receives ``{input_ids, labels}`` rows; it leaves a provided ``labels`` column
-    as is, so ``SFTConfig.assistant_only_loss`` stays False (it would require a raw ``messages``
+    them ourselves (:mod:`.chat_template`) through the model's own chat template and build ``labels``:
+    the assistant turns' tokens, end-of-turn token included, found from the template's
+    ``{% generation %}`` markers when it has them and by rendering prefixes of the conversation and
+    diffing otherwise, for any template family; tool-call ``arguments`` strings are decoded to objects
+    before rendering (Synth's loader does the same). ``weight: 0`` assistant turns get label -100 (TRL
+    has no per-message weight, training-notes §7.2); ``hyperparameters.assistant_only_loss = false``
+    trains the whole sequence (warned). Doing it here keeps the records out of Arrow, whose schema
+    unification would inject ``None`` keys into heterogeneous messages/tool calls. Examples left with no
+    trainable token (every assistant turn weight 0, or truncation at ``max_length`` cut them all) are
+    skipped and counted. TRL then receives ``{input_ids, labels}`` rows; it leaves a provided ``labels``
+    column as is, so ``SFTConfig.assistant_only_loss`` stays False (it would require a raw ``messages``
     column) while the loss is still on assistant tokens only.
 
 Runtime
@@ -50,6 +49,19 @@ from typing import Any, Protocol
 from learning_mcp.tools.errors import LearningMCPError
 from learning_mcp.tools.sft_contract import ContractError, SFTHyperparameters, parse_hyperparameters
 
+from .chat_template import (
+    METHOD_FALLBACK,
+    METHOD_MARKERS,
+    METHOD_PREFIX_DIFF,
+    TemplateDropsContentError,
+    TokenizedExample,
+    ToolArgumentsError,
+    assistant_spans,  # noqa: F401  (re-exported: tests and inference import it from here)
+    decode_tool_arguments,
+    flatten_multimodal,  # noqa: F401  (re-exported: inference imports it from here)
+    has_generation_markers,
+    tokenize_conversation,
+)
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -289,7 +301,11 @@ def build_lora_config(hparams: dict | SFTHyperparameters):
 
 
 def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[dict[str, Any]]:
-    """``[{"messages": [...], "tools": [...] | None}]`` from a JSONL file; ``metadata`` is dropped."""
+    """``[{"messages": [...], "tools": [...] | None, "line": N}]`` from a JSONL file; ``metadata`` is dropped.
+
+    Tool-call ``arguments`` given as JSON strings must decode (they are decoded before rendering,
+    :mod:`.chat_template`); a string that is not JSON is an ``invalid_dataset`` error naming the line.
+    """
     records: list[dict[str, Any]] = []
     try:
         handle = open(path, encoding="utf-8")
@@ -309,6 +325,10 @@ def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in row["messages"]):
                 raise TrainingError("invalid_dataset", f"line {line_number}: every message needs a string role",
                                     param)
+            try:
+                decode_tool_arguments(row["messages"])
+            except ToolArgumentsError as exc:
+                raise TrainingError("invalid_dataset", f"line {line_number}: {exc}", param) from None
             tools = row.get("tools")
             if isinstance(tools, str):
                 try:
@@ -324,104 +344,42 @@ def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[
     return records
 
 
-@dataclass
-class TokenizedExample:
-    input_ids: list[int]
-    labels: list[int]  # -100 outside trained assistant tokens
-
-    @property
-    def trainable_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != -100)
-
-
-def assistant_spans(mask: list[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of 1 in an assistant mask, as ``[start, end)`` pairs."""
-    spans: list[tuple[int, int]] = []
-    start: int | None = None
-    for index, bit in enumerate(list(mask) + [0]):
-        if bit and start is None:
-            start = index
-        elif not bit and start is not None:
-            spans.append((start, index))
-            start = None
-    return spans
-
-
-def flatten_multimodal(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Content lists → text (text parts' text, ``<image>`` for image parts), for templates that only
-    accept string content."""
-    flattened = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, (list, dict)):
-            parts = content if isinstance(content, list) else [content]
-            text = "".join(
-                part if isinstance(part, str)
-                else "<image>" if isinstance(part, dict) and part.get("type") in ("image", "image_url", "input_image")
-                else str(part.get("text", "")) if isinstance(part, dict) else ""
-                for part in parts
-            )
-            message = {**message, "content": text}
-        flattened.append(message)
-    return flattened
-
-
-def _render_ids(tokenizer, messages, tools, chat_template, **kwargs) -> dict[str, Any]:
-    return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, tokenize=True,
-                                         return_dict=True, **kwargs)
-
-
-def _is_untrained(message: dict[str, Any]) -> bool:
-    weight = message.get("weight")
-    return weight is not None and not isinstance(weight, str) and float(weight) == 0.0
+def assistant_only_loss_enabled(hparams: dict) -> bool:
+    """``hyperparameters.assistant_only_loss`` (default true; TRL's ``SFTConfig`` field name). False
+    trains the whole sequence, system/user/tool text included."""
+    value = (hparams or {}).get("assistant_only_loss")
+    return True if value is None else _truthy(value)
 
 
 def tokenize_example(tokenizer, messages: list[dict[str, Any]], tools: list | None = None, *,
-                     chat_template: str | None = None, max_length: int | None = None) -> TokenizedExample:
-    """Token ids and assistant-only labels for one conversation; ``weight: 0`` assistant turns masked.
+                     chat_template: str | None = None, max_length: int | None = None,
+                     assistant_only_loss: bool = True) -> TokenizedExample:
+    """Token ids and labels for one conversation (:func:`.chat_template.tokenize_conversation`):
+    assistant turns only (``weight: 0`` turns masked), end-of-turn token included, for any template.
 
-    ``chat_template`` overrides the tokenizer's (pass TRL's training template for models whose own
-    template has no ``{% generation %}`` markers). Truncation keeps the start (TRL's ``keep_start``).
+    ``chat_template`` overrides the tokenizer's. Truncation keeps the start (TRL's ``keep_start``).
+    ``.extra`` holds further sequences for templates that re-render earlier turns (Qwen3).
     """
-    try:
-        rendered = _render_ids(tokenizer, messages, tools, chat_template, return_assistant_tokens_mask=True)
-    except Exception:
-        if not any(isinstance(m.get("content"), (list, dict)) for m in messages):
-            raise
-        messages = flatten_multimodal(messages)  # a template that only takes string content
-        rendered = _render_ids(tokenizer, messages, tools, chat_template, return_assistant_tokens_mask=True)
-    input_ids = list(rendered["input_ids"])
-    mask = list(rendered["assistant_masks"])
-    labels = [token if bit else -100 for token, bit in zip(input_ids, mask)]
-
-    assistant_indices = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    untrained = [i for i in assistant_indices if _is_untrained(messages[i])]
-    if untrained:
-        spans = assistant_spans(mask)
-        if len(spans) == len(assistant_indices):
-            span_of = dict(zip(assistant_indices, spans))
-            for index in untrained:
-                start, end = span_of[index]
-                labels[start:end] = [-100] * (end - start)
-        else:
-            # The template does not give one span per assistant turn (e.g. it renders some turns without
-            # markers): locate each weight-0 turn by rendering the conversation up to and through it.
-            logger.debug("assistant mask has %d spans for %d assistant turns; masking by prefix rendering",
-                         len(spans), len(assistant_indices))
-            for index in untrained:
-                start = len(_render_ids(tokenizer, messages[:index], tools, chat_template)["input_ids"]) if index else 0
-                end = len(_render_ids(tokenizer, messages[: index + 1], tools, chat_template)["input_ids"])
-                labels[start:end] = [-100] * max(0, min(end, len(labels)) - start)
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return TokenizedExample(input_ids=input_ids, labels=labels)
+    return tokenize_conversation(tokenizer, messages, tools, chat_template=chat_template, max_length=max_length,
+                                 assistant_only_loss=assistant_only_loss)
 
 
 @dataclass
 class PreparedData:
+    """Training sequences (``examples``) from a file's records; counts for events and previews.
+
+    ``skipped``/``skipped_lines``: records with no trainable token left; ``methods``: records per span
+    method (:mod:`.chat_template`); ``fallback_lines``: records trained on the whole sequence because
+    their assistant spans could not be found; ``extra_sequences``: per-turn sequences added.
+    """
+
     examples: list[TokenizedExample]
     skipped: int
     skipped_lines: list[int] = field(default_factory=list)
+    methods: dict[str, int] = field(default_factory=dict)
+    fallback_lines: list[int] = field(default_factory=list)
+    extra_sequences: int = 0
+    truncated: int = 0
 
     @property
     def trainable_tokens(self) -> int:
@@ -438,47 +396,68 @@ class PreparedData:
                                   "labels": [e.labels for e in self.examples]})
 
 
+def tokenize_record(record: dict[str, Any], tokenizer, *, chat_template: str | None, max_length: int | None,
+                    assistant_only_loss: bool = True, param: str = TRAINING_FILE_PARAM) -> TokenizedExample:
+    """:func:`tokenize_example` for one loaded record; rendering problems become ``invalid_dataset``
+    errors naming the record's line."""
+    try:
+        return tokenize_example(tokenizer, record["messages"], record.get("tools"), chat_template=chat_template,
+                                max_length=max_length, assistant_only_loss=assistant_only_loss)
+    except (ToolArgumentsError, TemplateDropsContentError) as exc:
+        raise TrainingError("invalid_dataset", f"line {record.get('line')}: {exc}", param) from exc
+    except Exception as exc:
+        raise TrainingError("invalid_dataset", f"line {record.get('line')}: the chat template could not render "
+                            f"this example ({type(exc).__name__}: {str(exc)[:300]})", param) from exc
+
+
 def prepare_examples(records: list[dict[str, Any]], tokenizer, *, chat_template: str | None, max_length: int,
-                     param: str = TRAINING_FILE_PARAM) -> PreparedData:
-    examples: list[TokenizedExample] = []
-    skipped_lines: list[int] = []
+                     param: str = TRAINING_FILE_PARAM, assistant_only_loss: bool = True) -> PreparedData:
+    data = PreparedData(examples=[], skipped=0)
     for record in records:
-        try:
-            example = tokenize_example(tokenizer, record["messages"], record.get("tools"),
-                                       chat_template=chat_template, max_length=max_length)
-        except Exception as exc:
-            raise TrainingError("invalid_dataset", f"line {record.get('line')}: the chat template could not render "
-                                f"this example ({type(exc).__name__}: {str(exc)[:300]})", param) from exc
-        if example.trainable_tokens == 0:
-            skipped_lines.append(record.get("line", -1))
-        else:
-            examples.append(example)
-    return PreparedData(examples=examples, skipped=len(skipped_lines), skipped_lines=skipped_lines)
+        example = tokenize_record(record, tokenizer, chat_template=chat_template, max_length=max_length,
+                                  assistant_only_loss=assistant_only_loss, param=param)
+        data.methods[example.method] = data.methods.get(example.method, 0) + 1
+        if example.method == METHOD_FALLBACK:
+            data.fallback_lines.append(record.get("line", -1))
+        sequences = [s for s in example.sequences() if s.trainable_tokens]
+        data.truncated += sum(1 for s in example.sequences() if s.truncated)
+        if not sequences:
+            data.skipped_lines.append(record.get("line", -1))
+            continue
+        data.examples += sequences
+        data.extra_sequences += len(sequences) - 1
+    data.skipped = len(data.skipped_lines)
+    return data
 
 
-def training_chat_template(tokenizer) -> str | None:
-    """``None`` when the tokenizer's template has ``{% generation %}`` markers; else TRL's training
-    template for it (a TrainingError when TRL has none)."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+def data_loss_notes(data: PreparedData, assistant_only_loss: bool) -> list[str]:
+    """Warnings about what the loss covers: full-sequence loss chosen, fallback examples, per-turn sequences."""
+    notes = []
+    if not assistant_only_loss:
+        notes.append("assistant_only_loss is false: the loss covers every token (system, user and tool text "
+                     "included), not only the assistant replies")
+    if data.fallback_lines:
+        lines = ", ".join(map(str, data.fallback_lines[:10])) + (", …" if len(data.fallback_lines) > 10 else "")
+        notes.append(f"the assistant replies of {len(data.fallback_lines)} example(s) could not be located in the chat "
+                     f"template's rendering, so those examples are trained on the whole sequence (lines {lines}); "
+                     "call preview_dataset to see the rendering")
+    if data.extra_sequences:
+        notes.append(f"the chat template renders earlier assistant turns differently once later turns follow, so "
+                     f"{data.extra_sequences} such turn(s) are trained in their own sequence (the conversation up to "
+                     "that turn)")
+    return notes
 
+
+def check_chat_template(tokenizer) -> str:
+    """How assistant spans are found for this tokenizer: ``"markers"`` when its chat template has
+    ``{% generation %}`` blocks, else ``"prefix-diff"`` (:mod:`.chat_template`); works for any
+    template. Raises ``model_not_supported`` only when the tokenizer has no chat template at all."""
     template = tokenizer.chat_template
     if not template:
         raise TrainingError("model_not_supported", "the model's tokenizer has no chat template, so conversational "
-                            "data cannot be rendered; use an instruct/chat model", "model")
-    if has_generation_markers(template):
-        return None
-    try:
-        patched = get_training_chat_template(tokenizer)
-    except Exception as exc:
-        raise TrainingError(
-            "model_not_supported",
-            "the model's chat template has no {% generation %} markers and TRL ships no training template for it, "
-            f"so assistant-only loss is impossible ({exc}); use a model family TRL supports (Qwen, Llama 3, Gemma, "
-            "Phi-3, …)", "model") from exc
-    if not patched or not has_generation_markers(patched):
-        raise TrainingError("model_not_supported", "the model's chat template has no {% generation %} markers and "
-                            "TRL could not patch it, so assistant-only loss is impossible", "model")
-    return patched
+                            "data cannot be rendered; use an instruct/chat model (one whose tokenizer_config.json "
+                            "has a chat_template)", "model")
+    return METHOD_MARKERS if has_generation_markers(template) else METHOD_PREFIX_DIFF
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,7 +669,8 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         tokenizer = load_tokenizer(resolved)
     except Exception as exc:
         raise TrainingError("model_not_loadable", f"cannot load the tokenizer of {req.model!r}: {exc}", "model") from exc
-    chat_template = training_chat_template(tokenizer)
+    span_method = check_chat_template(tokenizer)
+    assistant_only = assistant_only_loss_enabled(hparams)
 
     train_records = load_jsonl_records(req.train_path, param=TRAINING_FILE_PARAM)
     validation_enabled = ((effective_config.get("training") or {}).get("validation") or {}).get("enabled", True)
@@ -702,12 +682,13 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
     provisional = build_sft_config(hparams, len(train_records), device, kind=kind, has_eval=val_records is not None,
                                    seed=req.seed, model_max_length=model_max_length, bf16_supported=bf16_supported)
     max_length = provisional["max_length"]
-    train_data = prepare_examples(train_records, tokenizer, chat_template=chat_template, max_length=max_length)
+    train_data = prepare_examples(train_records, tokenizer, chat_template=None, max_length=max_length,
+                                  assistant_only_loss=assistant_only)
     val_data = None
     notes: list[str] = []
     if val_records is not None:
-        val_data = prepare_examples(val_records, tokenizer, chat_template=chat_template, max_length=max_length,
-                                    param=VALIDATION_FILE_PARAM)
+        val_data = prepare_examples(val_records, tokenizer, chat_template=None, max_length=max_length,
+                                    param=VALIDATION_FILE_PARAM, assistant_only_loss=assistant_only)
         if not val_data.examples:
             notes.append("the validation file has no trainable assistant tokens, so validation is skipped")
             val_data = None
@@ -721,6 +702,7 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         notes.insert(0, f"skipped {train_data.skipped} training example(s) with no trainable assistant tokens "
                         f"(lines {', '.join(map(str, train_data.skipped_lines[:10]))}"
                         f"{', …' if train_data.skipped > 10 else ''})")
+    notes += data_loss_notes(train_data, assistant_only)
 
     staging = req.output_dir.parent / f".{req.output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     sft_kwargs = build_sft_config(hparams, len(train_data.examples), device, kind=kind,
@@ -732,8 +714,10 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         "skipped": train_data.skipped, "skipped_lines": train_data.skipped_lines[:50],
         "validation_examples": len(val_data.examples) if val_data else 0,
         "max_length": max_length, "trainable_tokens": train_data.trainable_tokens,
-        "total_tokens": train_data.total_tokens, "assistant_only_loss": True,
-        "chat_template": "model" if chat_template is None else "trl-training-template",
+        "total_tokens": train_data.total_tokens, "assistant_only_loss": assistant_only,
+        "chat_template": "model", "span_method": span_method, "span_methods": train_data.methods,
+        "fallback_lines": train_data.fallback_lines[:50], "extra_sequences": train_data.extra_sequences,
+        "truncated_sequences": train_data.truncated,
     }, level="warning" if notes else "info")
     dtype_name = str(weights_dtype).replace("torch.", "")
     if strategy == "qlora":
