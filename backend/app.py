@@ -26,6 +26,7 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -33,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from learning_mcp import __version__
 from learning_mcp.backend.payload import PayloadError, parse_job_payload
+from learning_mcp.backend.preflight import check_new_job
 from learning_mcp.backend.scheduler import Scheduler, finish_cancelled
 from learning_mcp.backend.store import TERMINAL_STATUSES, Store
 
@@ -302,6 +304,7 @@ def register_routes(app: FastAPI, backend: Backend) -> None:
                                f"{param} {file_id!r} failed validation: {details.get('summary', 'invalid dataset')}",
                                param=param)
         await _check_model(backend, spec.model)
+        await anyio.to_thread.run_sync(lambda: check_new_job(spec, store))  # images / LoRA targets (preflight.py)
         job, created = store.create_job(payload=body, model=spec.model, training_type=spec.training_type,
                                         training_file_id=spec.training_file_id,
                                         validation_file_id=spec.validation_file_id, idempotency_key=idempotency_key)

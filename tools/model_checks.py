@@ -14,9 +14,10 @@ What a model is (vision-language or not, which modules it has) is read offline:
 * Synth target: Synth's registry (``models_registry.is_vision_model``; Qwen3-VL) — Synth's own rule for
   "vision mode" (learning-api.md §5.3); a Hub config in the local cache is used for the LoRA check.
 * embedded backend: the model's ``config.json`` (a local directory, a ``ft:`` id's base, or a Hub id in the
-  local Hugging Face cache). ``vision_config`` in it means vision-language; otherwise the question (and the
-  module list) is answered by ``python -m learning_mcp.backend.lora``, a subprocess, so this process never
-  imports torch/transformers (DEVELOPERS.md). A model that cannot be read here is left to the backend, which
+  local Hugging Face cache). ``vision_config`` in it, or a ``model_type`` among transformers'
+  image-text-to-text models (read from the installed source, not imported), means vision-language. The module
+  list for the LoRA check comes from ``python -m learning_mcp.backend.lora``, a subprocess, so this process
+  never imports torch/transformers (DEVELOPERS.md). A model that cannot be read here is left to the backend, which
   runs the same checks when the job is created (``backend/vision.py``, ``backend/lora.py``).
 
 The image scan is a byte search for ``"image`` (fast on multi-GB files); only lines that contain it are parsed.
@@ -24,6 +25,8 @@ The image scan is a byte search for ``"image`` (fast on multi-GB files); only li
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib.util
 import json
 import os
@@ -176,6 +179,30 @@ def module_inventory(model: str, *, timeout_s: float = INVENTORY_TIMEOUT_S) -> d
     return answer if isinstance(answer, dict) and "names" in answer else None
 
 
+@functools.lru_cache(maxsize=1)
+def image_text_to_text_model_types() -> frozenset[str] | None:
+    """The ``model_type`` keys of transformers' ``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``, read from the
+    installed ``modeling_auto.py`` source (a literal) so this process does not import transformers (which imports
+    torch, ~5-20 s); None when transformers is not installed or the literal is not found."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "models" / "auto" / "modeling_auto.py"
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
+                                                 for t in node.targets)
+                and isinstance(node.value, ast.Call) and node.value.args):
+            try:
+                return frozenset(key for key, _ in ast.literal_eval(node.value.args[0]))
+            except (ValueError, TypeError):
+                return None
+    return None
+
+
 def is_vision_language(model: str, target: str) -> bool | None:
     """True / False, or None when it cannot be told here (the backend decides at job creation)."""
     if target == "synth":
@@ -186,6 +213,9 @@ def is_vision_language(model: str, target: str) -> bool | None:
         return None
     if config.get("vision_config") is not None:
         return True
+    model_types = image_text_to_text_model_types()
+    if model_types is not None:
+        return config.get("model_type") in model_types
     inventory = module_inventory(model)
     return None if inventory is None else bool(inventory.get("vision"))
 
