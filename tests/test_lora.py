@@ -5,15 +5,13 @@ config by ``create_job`` (dry run included), by the backend at job creation and 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import arithmetic_rows, wait_file_ready, write_jsonl
-from learning_mcp.server.app import ServerSettings, create_server
-from test_mcp_server import MODES, connect, poll_to_terminal
+from conftest import arithmetic_rows, job_history, upload_ready, write_jsonl
+from test_mcp_server import connect, mode, poll_to_terminal, server  # noqa: F401 (fixtures)
 
 CASES = Path("/work/shared/cases")
 TINY_PLACEHOLDER = "PATH-TO-A-TINY-MODEL"
@@ -66,16 +64,6 @@ def case(name: str, fallback: str, model: Path) -> str:
     path = CASES / f"{name}.toml"
     text = path.read_text() if path.is_file() else fallback
     return text.replace(TINY_PLACEHOLDER, str(model))
-
-
-@pytest.fixture
-def server(backend, tmp_path):
-    return create_server(ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
-
-
-@pytest.fixture(params=MODES)
-def mode(request) -> str:
-    return request.param
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,10 +132,7 @@ async def test_create_job_refuses_a_target_module_typo(server, backend, tiny_mod
 
 def test_backend_refuses_a_target_module_typo_at_job_creation(backend, tiny_model, tmp_path):
     dataset = write_jsonl(tmp_path / "train.jsonl", arithmetic_rows(8, seed=5))
-    with open(dataset, "rb") as fh:
-        file_id = httpx.post(f"{backend.api}/learning/files", files={"file": (dataset.name, fh)},
-                             data={"purpose": "fine-tune"}, timeout=30).json()["id"]
-    wait_file_ready(backend.api, file_id)
+    file_id = upload_ready(backend.api, dataset)
     payload = {"model": str(tiny_model), "training_file_id": file_id, "training_type": "sft_offline",
                "hyperparameters": {"n_epochs": 1, "train_kind": "peft", "lora_target_modules": ["q_proj", "k_prj"]}}
     response = httpx.post(f"{backend.api}/learning/jobs", json=payload, timeout=90)
@@ -163,19 +148,13 @@ def test_backend_refuses_a_target_module_typo_at_job_creation(backend, tiny_mode
 
 
 def test_worker_refuses_a_target_module_typo(tiny_model, tmp_path):
-    from conftest_ml import RecordingReporter, make_request
+    from conftest_ml import make_request, refused_before_training
 
-    from learning_mcp.backend.trainer import TrainingError, run_training
-
-    request = make_request(job_id="typo", model=tiny_model, models_dir=tmp_path / "models",
-                           train_path=write_jsonl(tmp_path / "train.jsonl", arithmetic_rows(4)),
-                           hyperparameters={"n_epochs": 1, "train_kind": "peft",
-                                            "lora_target_modules": ["q_proj", "k_prj"]})
-    reporter = RecordingReporter()
-    with pytest.raises(TrainingError) as caught:
-        run_training(request, reporter)
-    assert caught.value.code == "lora_target_modules_invalid" and "'k_prj'" in caught.value.message
-    assert "sft.training.started" not in reporter.event_types()
+    error = refused_before_training(make_request(
+        job_id="typo", model=tiny_model, models_dir=tmp_path / "models",
+        train_path=write_jsonl(tmp_path / "train.jsonl", arithmetic_rows(4)),
+        hyperparameters={"n_epochs": 1, "train_kind": "peft", "lora_target_modules": ["q_proj", "k_prj"]}))
+    assert error.code == "lora_target_modules_invalid" and "'k_prj'" in error.message
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,9 +171,7 @@ async def test_variety_only_job_trains_a_lora_adapter(server, backend, tiny_mode
         assert created["payload"]["hyperparameters"]["train_kind"] == "peft"
         final, events = await poll_to_terminal(s, created["job_id"])
     assert final["status"] == "succeeded", final
-    history = httpx.get(f"{backend.api}/learning/jobs/{created['job_id']}/events", params={"limit": 1000},
-                        timeout=10).json()
-    history = history.get("events") or history.get("data")
+    history = job_history(backend.api, created["job_id"])
     strategy = next(e for e in history if e["type"] == "sft.strategy.selected")
     assert strategy["data"]["strategy"] == "lora"
     finish = next(e for e in history if e["type"] == "sft.training.finish")["data"]
@@ -204,4 +181,3 @@ async def test_variety_only_job_trains_a_lora_adapter(server, backend, tiny_mode
     assert not (model_dir / "model.safetensors").exists()
     manifest = json.loads((model_dir / "learning_mcp_model.json").read_text())
     assert manifest["kind"] == "lora" and manifest["base_model"] == str(tiny_model)
-    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import arithmetic_rows, wait_file_ready, wait_job, write_jsonl
-from learning_mcp.server.app import ServerSettings, create_server
-from test_mcp_server import MODES, connect, poll_to_terminal
+from conftest import arithmetic_rows, job_history, upload_ready, write_jsonl
+from test_mcp_server import connect, mode, poll_to_terminal, server  # noqa: F401 (fixtures)
 
 CASE = Path("/work/shared/cases/images_for_text_model.jsonl")
 CASE_ROWS = [json.loads(line) for line in CASE.read_text().splitlines()] if CASE.is_file() else None
@@ -54,16 +53,6 @@ def tiny_vl_model(tmp_path_factory) -> Path:
     from learning_mcp.backend.tiny import build_tiny_vl_model
 
     return build_tiny_vl_model(tmp_path_factory.mktemp("models") / "tiny-vl", seed=0)
-
-
-@pytest.fixture
-def server(backend, tmp_path):
-    return create_server(ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
-
-
-@pytest.fixture(params=MODES)
-def mode(request) -> str:
-    return request.param
 
 
 def vl_toml(model: Path, *, epochs: int = 1, per_device_batch: int = 4, learning_rate: str = "1e-2") -> str:
@@ -179,10 +168,7 @@ async def test_create_job_refuses_images_for_a_text_model(server, backend, tiny_
 
 def test_backend_refuses_images_for_a_text_model_at_job_creation(backend, tiny_model, tiny_vl_model, tmp_path):
     dataset = images_case(tmp_path)
-    with open(dataset, "rb") as fh:
-        file_id = httpx.post(f"{backend.api}/learning/files", files={"file": (dataset.name, fh)},
-                             data={"purpose": "fine-tune"}, timeout=30).json()["id"]
-    wait_file_ready(backend.api, file_id)
+    file_id = upload_ready(backend.api, dataset)
     payload = {"model": str(tiny_model), "training_file_id": file_id, "training_type": "sft_offline",
                "hyperparameters": {"n_epochs": 1}}
     response = httpx.post(f"{backend.api}/learning/jobs", json=payload, timeout=60)
@@ -198,17 +184,11 @@ def test_backend_refuses_images_for_a_text_model_at_job_creation(backend, tiny_m
 
 def test_worker_refuses_images_for_a_text_model(tiny_model, tmp_path):
     """A payload that reached the worker anyway (e.g. created before the check) fails before any training."""
-    from conftest_ml import RecordingReporter, make_request
+    from conftest_ml import make_request, refused_before_training
 
-    from learning_mcp.backend.trainer import TrainingError, run_training
-
-    reporter = RecordingReporter()
-    request = make_request(job_id="vl-text", model=tiny_model, models_dir=tmp_path / "models",
-                           train_path=images_case(tmp_path), hyperparameters={"n_epochs": 1})
-    with pytest.raises(TrainingError) as caught:
-        run_training(request, reporter)
-    assert caught.value.code == "images_unsupported" and "line 1" in caught.value.message
-    assert "sft.training.started" not in reporter.event_types()
+    error = refused_before_training(make_request(job_id="vl-text", model=tiny_model, models_dir=tmp_path / "models",
+                                                 train_path=images_case(tmp_path), hyperparameters={"n_epochs": 1}))
+    assert error.code == "images_unsupported" and "line 1" in error.message
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,9 +207,7 @@ async def test_image_dataset_trains_on_the_tiny_vl_model(server, backend, tiny_v
         final, events = await poll_to_terminal(s, created["job_id"])
     assert final["status"] == "succeeded", final
     job_id = created["job_id"]
-    history = httpx.get(f"{backend.api}/learning/jobs/{job_id}/events", params={"limit": 1000}, timeout=10).json()
-    history = history.get("events") or history.get("data")
-    by_type = {e["type"]: e for e in history}
+    by_type = {e["type"]: e for e in job_history(backend.api, job_id)}
     prepared = by_type["sft.config.prepared"]
     assert prepared["data"]["vision_language"] is True and prepared["data"]["examples"] == 16
     assert "per_device_batch clamped from 4 to 1" in prepared["message"]
