@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learning_mcp.tools.model_checks import IMAGE_PART_TYPES, model_config_json, scan_images
+from learning_mcp.tools.model_checks import (IMAGE_PART_TYPES, image_text_to_text_model_types, model_config_json,
+                                             scan_images)
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,11 @@ def auto_model_class(vision: bool):
 def path_is_vision_language(path: str) -> bool:
     """Whether the checkpoint at ``path`` (a local directory or Hub id) is vision-language, from its config."""
     config = model_config_json(path)
-    if config is not None and config.get("vision_config") is not None:
-        return True
+    if config is not None:
+        if config.get("vision_config") is not None:
+            return True
+        model_types = image_text_to_text_model_types()  # read from transformers' source, not imported
+        return config.get("model_type") in model_types if model_types is not None else is_vision_language_config(config)
     from transformers import AutoConfig
 
     from .modelref import hub_offline

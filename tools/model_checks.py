@@ -160,11 +160,18 @@ def model_config_json(model: str, _depth: int = 0) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+_INVENTORIES: dict[tuple[str, str], dict] = {}
+
+
 def module_inventory(model: str, *, timeout_s: float = INVENTORY_TIMEOUT_S) -> dict | None:
     """``{"names", "linear", "model_type", "vision"}`` from ``python -m learning_mcp.backend.lora`` (meta-device
-    build, no weights), or None when the training stack is missing or the model cannot be read here."""
+    build, no weights), or None when the training stack is missing or the model cannot be read here.
+    Cached per model and config content (the subprocess costs seconds: it imports torch)."""
     if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
         return None
+    key = (model, json.dumps(model_config_json(model), sort_keys=True))
+    if key in _INVENTORIES:
+        return _INVENTORIES[key]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
            "TOKENIZERS_PARALLELISM": "false"}
     try:
@@ -176,7 +183,10 @@ def module_inventory(model: str, *, timeout_s: float = INVENTORY_TIMEOUT_S) -> d
         answer = json.loads((done.stdout or "").strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
-    return answer if isinstance(answer, dict) and "names" in answer else None
+    if not (isinstance(answer, dict) and "names" in answer):
+        return None
+    _INVENTORIES[key] = answer
+    return answer
 
 
 @functools.lru_cache(maxsize=1)
