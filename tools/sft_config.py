@@ -55,6 +55,11 @@ accepted wherever Synth's is. Settings Synth's CLI drops silently are handled pe
 
 ``[model_config].max_images_per_message`` is surfaced on the plan (else the registry's value, 1 for Qwen3-VL)
 for the dataset validator.
+
+LoRA signals (issue 8): Synth's backends choose the adapter from ``[training] mode`` / ``train_kind``, not from
+``[algorithm] variety``. ``variety = "lora"`` with neither set therefore gets ``hyperparameters.train_kind =
+"peft"`` added (with a warning), so the job trains LoRA as the config says; ``variety = "lora"`` with an explicit
+full-fine-tune ``train_kind`` is an error. (Stripping the added ``train_kind`` gives Synth's payload.)
 """
 
 from __future__ import annotations
