@@ -408,9 +408,12 @@ def load_tokenizer(resolved: ResolvedModel):
 
 
 def _load_causal_lm(path: str, dtype: Any, **kwargs: Any):
-    from transformers import AutoModelForCausalLM
+    """The checkpoint at ``path`` with its auto class: ``AutoModelForImageTextToText`` for vision-language
+    models (backend/vision.py), else ``AutoModelForCausalLM``."""
+    from .vision import auto_model_class, path_is_vision_language
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=_local_only(path), **kwargs)
+    auto_class = auto_model_class(path_is_vision_language(path))
+    return auto_class.from_pretrained(path, dtype=dtype, local_files_only=_local_only(path), **kwargs)
 
 
 def load_model_weights(resolved: ResolvedModel, models_dir: Path, dtype: Any, *, _depth: int = 0):

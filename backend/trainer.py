@@ -74,6 +74,8 @@ from .modelref import (
     resolve_model,
     write_manifest,
 )
+from .lora import TargetModulesError, check_target_modules, inventory_of
+from .vision import VisionJob
 
 logger = logging.getLogger(__name__)
 
@@ -665,12 +667,21 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
             strategy, strategy_reason = "qlora", "QLoRA: 4-bit NF4 base (bitsandbytes) + LoRA adapters"
 
     # -- tokenizer and data -------------------------------------------------------------------------
+    # images → the vision-language path (backend/vision.py): the processor instead of the tokenizer, TRL's
+    # vision collator; refused with images_unsupported on a text-only model
+    vl = VisionJob.detect(req.model, resolved, req.models_dir, req.train_path, req.validation_path)
     try:
-        tokenizer = load_tokenizer(resolved)
+        tokenizer = vl.processor if vl else load_tokenizer(resolved)
     except Exception as exc:
         raise TrainingError("model_not_loadable", f"cannot load the tokenizer of {req.model!r}: {exc}", "model") from exc
-    span_method = check_chat_template(tokenizer)
+    span_method = "vision-processor" if vl else check_chat_template(tokenizer)
     assistant_only = assistant_only_loss_enabled(hparams)
+    chat_template = None
+    if vl:
+        prepare = vl.prepare_examples
+    else:
+        def prepare(records, tok, **kwargs):
+            return prepare_examples(records, tok, assistant_only_loss=assistant_only, **kwargs)
 
     train_records = load_jsonl_records(req.train_path, param=TRAINING_FILE_PARAM)
     validation_enabled = ((effective_config.get("training") or {}).get("validation") or {}).get("enabled", True)
@@ -682,13 +693,12 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
     provisional = build_sft_config(hparams, len(train_records), device, kind=kind, has_eval=val_records is not None,
                                    seed=req.seed, model_max_length=model_max_length, bf16_supported=bf16_supported)
     max_length = provisional["max_length"]
-    train_data = prepare_examples(train_records, tokenizer, chat_template=None, max_length=max_length,
-                                  assistant_only_loss=assistant_only)
+    train_data = prepare(train_records, tokenizer, chat_template=chat_template, max_length=max_length)
     val_data = None
     notes: list[str] = []
     if val_records is not None:
-        val_data = prepare_examples(val_records, tokenizer, chat_template=None, max_length=max_length,
-                                    param=VALIDATION_FILE_PARAM, assistant_only_loss=assistant_only)
+        val_data = prepare(val_records, tokenizer, chat_template=chat_template, max_length=max_length,
+                           param=VALIDATION_FILE_PARAM)
         if not val_data.examples:
             notes.append("the validation file has no trainable assistant tokens, so validation is skipped")
             val_data = None
@@ -708,6 +718,8 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
     sft_kwargs = build_sft_config(hparams, len(train_data.examples), device, kind=kind,
                                   has_eval=val_data is not None, output_dir=staging / "trainer", seed=req.seed,
                                   model_max_length=model_max_length, bf16_supported=bf16_supported)
+    if vl:  # batch clamped to 1 as Synth does, TRL's assistant-only loss; the notes go into the event below
+        notes += vl.adjust_sft_kwargs(sft_kwargs)
     keep_best = val_data is not None and _truthy(hparams.get("save_best_model_at_end"))
     reporter.event("sft.config.prepared", "; ".join([f"prepared {len(train_data.examples)} training examples"] + notes), {
         "model": req.model, "model_kind": resolved.kind, "examples": len(train_data.examples),
@@ -715,9 +727,12 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         "validation_examples": len(val_data.examples) if val_data else 0,
         "max_length": max_length, "trainable_tokens": train_data.trainable_tokens,
         "total_tokens": train_data.total_tokens, "assistant_only_loss": assistant_only,
-        "chat_template": "model", "span_method": span_method, "span_methods": train_data.methods,
-        "fallback_lines": train_data.fallback_lines[:50], "extra_sequences": train_data.extra_sequences,
-        "truncated_sequences": train_data.truncated,
+        "chat_template": "model", "span_method": span_method,
+        "span_methods": getattr(train_data, "methods", None),
+        "fallback_lines": (getattr(train_data, "fallback_lines", None) or [])[:50],
+        "extra_sequences": getattr(train_data, "extra_sequences", None),
+        "truncated_sequences": getattr(train_data, "truncated", None),
+        "vision_language": vl is not None,
     }, level="warning" if notes else "info")
     dtype_name = str(weights_dtype).replace("torch.", "")
     if strategy == "qlora":
@@ -739,13 +754,13 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         return _train_and_save(req, reporter, started=started, resolved=resolved, strategy=strategy, kind=kind,
                                tokenizer=tokenizer, train_data=train_data, val_data=val_data, sft_kwargs=sft_kwargs,
                                staging=staging, keep_best=keep_best, weights_dtype=weights_dtype,
-                               bf16_supported=bf16_supported, device=device)
+                               bf16_supported=bf16_supported, device=device, vl=vl)
 
 
 def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, resolved: ResolvedModel, strategy: str,
                     kind: str, tokenizer, train_data: PreparedData, val_data: PreparedData | None,
                     sft_kwargs: dict[str, Any], staging: Path, keep_best: bool, weights_dtype: Any,
-                    bf16_supported: bool, device: str) -> TrainResult:
+                    bf16_supported: bool, device: str, vl: VisionJob | None = None) -> TrainResult:
     import torch
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
@@ -776,6 +791,11 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
 
         callback = _make_callback(reporter, keep_best=keep_best)
         peft_config = build_lora_config(hparams) if kind == "lora" else None
+        if peft_config is not None:  # every target_modules entry must match a module (backend/lora.py)
+            try:
+                check_target_modules(hparams.get("lora_target_modules"), inventory_of(model), model=req.model)
+            except TargetModulesError as exc:
+                raise TrainingError(exc.code, exc.message, exc.param) from None
         trainer = SFTTrainer(
             model=model,
             args=SFTConfig(**adapt_to_installed_sft_config(sft_kwargs)),
@@ -787,6 +807,8 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
         )
         for noisy in (PrinterCallback, ProgressCallback):  # they print() to stdout
             trainer.remove_callback(noisy)
+        if vl:  # weight-0 assistant turns masked on top of TRL's vision collator
+            vl.wrap_collator(trainer)
         total_steps = estimate_total_steps(len(train_data.examples), sft_kwargs["per_device_train_batch_size"],
                                            sft_kwargs["gradient_accumulation_steps"], sft_kwargs["num_train_epochs"],
                                            sft_kwargs["max_steps"] if sft_kwargs["max_steps"] > 0 else None)

@@ -3,7 +3,7 @@
 * ``learning-mcp`` — serve MCP over stdio (what an agent host runs).
 * ``learning-mcp --transport http --port 8000`` — serve MCP over streamable HTTP.
 * ``learning-mcp backend [--host H] [--port P] [--data-dir D]`` — run the embedded learning backend in the foreground.
-* ``learning-mcp tiny-model PATH [--size tiny|small]`` — write a tiny offline model + tokenizer for tests and demos.
+* ``learning-mcp tiny-model PATH [--size tiny|small|vl]`` — write a tiny offline model + tokenizer for tests and demos.
 
 Logging goes to stderr, configured before anything heavy is imported: on stdio, stdout belongs to the protocol.
 """
@@ -65,8 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           description="A tiny Qwen2-style causal LM with a byte-level tokenizer and a ChatML "
                                       "template, built offline; the trainer and inference accept it like any model.")
     tiny.add_argument("path", help="folder to write (created)")
-    tiny.add_argument("--size", choices=["tiny", "small"], default="tiny",
-                      help="tiny: ~27k parameters (plumbing tests); small: ~140k (learns arithmetic)")
+    tiny.add_argument("--size", choices=["tiny", "small", "vl"], default="tiny",
+                      help="tiny: ~27k parameters (plumbing tests); small: ~140k (learns arithmetic); "
+                           "vl: a ~41k-parameter LLaVA-style vision-language model + processor")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: %(default)s)")
     return parser
 

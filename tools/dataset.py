@@ -353,7 +353,11 @@ def _image_url_problem(url: object) -> str | None:
         if not _base64_is_valid(payload):
             return "has a data URL whose base64 payload is invalid (bad characters, padding or length)"
         return None
-    return f"has URL {_clip(url)!r}; use an http(s) URL or a data:image/<format>;base64,... URL"
+    local = os.path.expanduser(url[7:] if url.startswith("file://") else url)
+    if os.path.isabs(local):  # a local image file: the embedded backend reads it (backend/vision.py)
+        return None if os.path.isfile(local) else f"points at local file {_clip(local)!r}, which does not exist"
+    return (f"has URL {_clip(url)!r}; use an http(s) URL, a data:image/<format>;base64,... URL or an absolute "
+            "local file path")
 
 
 def _clip(text: str, limit: int = 60) -> str:

@@ -188,6 +188,10 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
     uploads: list[UploadOutcome] = []
     max_images = getattr(plan, "max_images_per_message", None)
     val_path = Path(validation_dataset) if validation_dataset else plan.validation_path
+    # images on a text-only model, LoRA target_modules that match nothing: refused before any upload
+    from learning_mcp.tools.model_checks import preflight
+
+    await anyio.to_thread.run_sync(lambda: preflight(plan, dataset=plan.dataset_path, validation_dataset=val_path))
     if dry_run:
         for what, path in (("training", plan.dataset_path), ("validation", val_path)):
             if path is not None:

@@ -55,6 +55,11 @@ accepted wherever Synth's is. Settings Synth's CLI drops silently are handled pe
 
 ``[model_config].max_images_per_message`` is surfaced on the plan (else the registry's value, 1 for Qwen3-VL)
 for the dataset validator.
+
+LoRA signals (issue 8): Synth's backends choose the adapter from ``[training] mode`` / ``train_kind``, not from
+``[algorithm] variety``. ``variety = "lora"`` with neither set therefore gets ``hyperparameters.train_kind =
+"peft"`` added (with a warning), so the job trains LoRA as the config says; ``variety = "lora"`` with an explicit
+full-fine-tune ``train_kind`` is an error. (Stripping the added ``train_kind`` gives Synth's payload.)
 """
 
 from __future__ import annotations
@@ -1119,14 +1124,32 @@ def _max_images_per_message(config: Mapping[str, Any], model: str) -> int | None
     return models_registry.max_images_per_message(model)
 
 
-def _lora_consistency_notes(parsed: Mapping[str, Any], target: Target, notes: _Notes) -> None:
+def _lora_consistency_notes(
+    parsed: Mapping[str, Any], target: Target, notes: _Notes, hyperparameters: dict[str, Any]
+) -> None:
+    """Make ``variety = "lora"`` alone train LoRA: Synth's backends pick the adapter from ``[training] mode`` /
+    ``train_kind`` only, so without either the job would run as a full fine-tune while the config says LoRA.
+    ``train_kind = "peft"`` is added to ``hyperparameters`` (a key Synth's payload carries) and the user told;
+    an explicit ``train_kind`` naming a full fine-tune contradicts ``variety`` and is an error."""
     variety = str((parsed.get("algorithm") or {}).get("variety", "")).strip().lower()
     training = parsed.get("training") or {}
-    train_kind = (parsed.get("hyperparameters") or {}).get("train_kind")
-    if variety == "lora" and training.get("mode") != "lora" and train_kind != "peft":
+    train_kind = str(hyperparameters.get("train_kind") or "").strip().lower()
+    mode = str(training.get("mode") or "").strip().lower()
+    lora_switch = mode in ("lora", "peft", "qlora") or train_kind in ("peft", "lora", "qlora")
+    if variety == "lora" and not lora_switch:
+        if train_kind:
+            raise ConfigError(
+                "invalid_config",
+                f'[algorithm] variety = "lora" but [hyperparameters] train_kind = "{train_kind}" asks for a full '
+                'fine-tune; set train_kind = "peft" (and [training] mode = "lora") for LoRA, or variety = "fft"',
+                param="hyperparameters.train_kind",
+                from_synth=False,
+            )
+        hyperparameters["train_kind"] = "peft"
         notes.warn(
             'variety = "lora" but neither [training] mode = "lora" nor [hyperparameters] train_kind = "peft" is set; '
-            "Synth picks the adapter from those two, so the job may run as a full fine-tune. Set both for LoRA."
+            'Synth picks the adapter from those two, so learning-mcp sends train_kind = "peft" and the job trains '
+            "LoRA as the config says (Synth's CLI would send neither and could run a full fine-tune)."
         )
     if target == "local" and training.get("use_qlora") is True:
         notes.warn("use_qlora = true: the embedded backend trains plain LoRA (no 4-bit quantisation).")
@@ -1215,7 +1238,7 @@ def build_sft_plan(
     hyperparameters.update(_forwarded_hyperparameters(raw_config, parsed, notes))
     _check_contract(hyperparameters)
     _audit_dropped_keys(raw_config, notes)
-    _lora_consistency_notes(parsed, target, notes)
+    _lora_consistency_notes(parsed, target, notes, hyperparameters)
 
     payload: dict[str, Any] = {
         "model": final_model,

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Body, Header, Query
 from starlette.responses import StreamingResponse
 
 from learning_mcp.backend.modelref import ModelRefError, check_loadable
+from learning_mcp.backend.preflight import check_new_job
 from learning_mcp.backend.routes.common import MAX_CURSOR, APIError, not_found, public_job
 from learning_mcp.backend.scheduler import finish_cancelled
 from learning_mcp.backend.state import Backend, BackendDep
@@ -70,6 +71,7 @@ def create_job(spec: Annotated[SFTJobPayload, Body()], backend: BackendDep,
         return public_job(existing)
     _check_files(backend, spec)
     _check_model(backend, spec.model)
+    check_new_job(spec, store)  # images on a text-only model, LoRA target_modules (backend/preflight.py)
     job, created = store.create_job(payload=spec.body, model=spec.model, training_type=spec.training_type,
                                     training_file_id=spec.training_file_id,
                                     validation_file_id=spec.validation_file_id, idempotency_key=idempotency_key)
