@@ -22,11 +22,11 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
+from learning_mcp.backend.distributed import launcher_env, plan_launch, worker_command
 from learning_mcp.backend.store import Store
 
 log = logging.getLogger(__name__)
@@ -202,15 +202,18 @@ class Scheduler:
             return
         log_path = self.store.paths.logs / f"worker-{job_id}.log"
         log_file = open(log_path, "ab")
-        cmd = [sys.executable, "-m", "learning_mcp.backend.worker", "--data-dir", str(self.store.paths.root),
-               "--job-id", job_id]
-        env = dict(os.environ)
+        plan = plan_launch(job.get("_payload") or {})  # several processes under torchrun: backend/distributed.py
+        cmd = worker_command(plan, self.store.paths.root, job_id)
+        env = {**os.environ, **launcher_env(plan)}
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=plan.world_size > 1)  # a group: SIGKILL reaches every rank
         self._running[job_id] = _Running(job_id, popen.pid, popen, log_file=log_file)
         self.store.set_job_status(job_id, "running", worker_pid=popen.pid)
-        self.store.add_event(job_id, "sft.running", f"training worker started (pid {popen.pid})",
-                             {"pid": popen.pid, "log": str(log_path)})
+        launched = f" via {plan.launcher}, {plan.world_size} processes" if plan.launcher else ""
+        self.store.add_event(job_id, "sft.running", f"training worker started (pid {popen.pid}){launched}",
+                             {"pid": popen.pid, "log": str(log_path), **plan.as_event_data()},
+                             level="warning" if plan.note else "info")
 
     def _handle_cancels(self) -> None:
         for job in self.store.list_jobs(status="queued", limit=1000):
@@ -231,7 +234,10 @@ class Scheduler:
 
     def _signal(self, run: _Running, sig: int) -> None:
         try:
-            os.kill(run.pid, sig)
+            if sig == signal.SIGKILL and os.getpgid(run.pid) == run.pid:  # a launcher and its ranks
+                os.killpg(run.pid, sig)
+            else:
+                os.kill(run.pid, sig)
         except ProcessLookupError:
             pass
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .distributed import model_for_saving, scale_for_world, world_size
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -771,6 +772,7 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
     sft_kwargs = build_sft_config(hparams, len(train_data.examples), device, kind=kind,
                                   has_eval=val_data is not None, output_dir=staging / "trainer", seed=req.seed,
                                   model_max_length=model_max_length, bf16_supported=bf16_supported)
+    sft_kwargs = scale_for_world(sft_kwargs, hparams, world_size())  # several processes: same global batch
     keep_best = val_data is not None and _truthy(hparams.get("save_best_model_at_end"))
     reporter.event("sft.config.prepared", "; ".join([f"prepared {len(train_data.examples)} training examples"] + notes), {
         "model": req.model, "model_kind": resolved.kind, "examples": len(train_data.examples),
@@ -873,9 +875,13 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
             raise TrainingCancelled(steps)
 
         # -- save ----------------------------------------------------------------------------------
+        save_model = model_for_saving(trainer)  # None on ranks other than 0 of a multi-process job
+        if save_model is None:
+            return TrainResult(output_dir=req.output_dir, steps=steps, train_loss=callback.last_loss, val_loss=val_loss,
+                               train_tokens=train_tokens, skipped_examples=train_data.skipped,
+                               seconds=time.perf_counter() - started, kind=kind)
         staging.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
-        save_model = trainer.model
         save_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         base_model = resolved.path if resolved.kind == "base" and Path(resolved.path).is_dir() else req.model

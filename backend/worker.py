@@ -60,14 +60,17 @@ def fine_tuned_model_id(base_model: str, job_id: str) -> str:
     return f"ft:{base_model}:{job_id}"
 
 
-def run_job(store: Store, job_id: str) -> int:
+def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None) -> int:
+    """Run one job to a terminal status. ``reporter``: a rank's reporter in a multi-process job
+    (:mod:`.distributed`); only its primary rank ends the job, except on an unexpected crash."""
     from learning_mcp.backend.trainer import TrainingCancelled, TrainingError, TrainRequest, run_training
 
     job = store.get_job(job_id)
     if job is None:
         log.error("job %s not found", job_id)
         return 2
-    reporter = StoreReporter(store, job_id)
+    reporter = reporter or StoreReporter(store, job_id)
+    primary = getattr(reporter, "primary", True)
     signal.signal(signal.SIGTERM, reporter.request_stop)
     payload = job["_payload"]
     train_file = store.get_file(job["training_file_id"])
@@ -91,19 +94,26 @@ def run_job(store: Store, job_id: str) -> int:
     try:
         result = run_training(request, reporter)
     except TrainingCancelled:
-        finish_cancelled(store, job_id, "cancelled while training")
+        if primary:
+            finish_cancelled(store, job_id, "cancelled while training")
         return 0
     except TrainingError as exc:
+        if not primary:  # every rank raises the same error; rank 0 records it
+            return 1
         finish_failed(store, job_id, exc.code, exc.message, data={"param": exc.param, "failure_kind": "training"})
         return 1
     except Exception as exc:  # anything else is a bug or an environment problem: record it, never hide it
         tb = traceback.format_exc()
         log.error("job %s crashed:\n%s", job_id, tb)
-        finish_failed(store, job_id, "internal_error", f"training crashed: {type(exc).__name__}: {exc}",
+        where = f" on rank {reporter.rank_index}" if hasattr(reporter, "rank_index") else ""
+        finish_failed(store, job_id, "internal_error", f"training crashed{where}: {type(exc).__name__}: {exc}",
                       data={"traceback": tb[-4000:], "failure_kind": "infrastructure"})
         return 1
     if reporter.should_stop():
-        finish_cancelled(store, job_id, "cancelled while training")
+        if primary:
+            finish_cancelled(store, job_id, "cancelled while training")
+        return 0
+    if not primary:
         return 0
     data = {"fine_tuned_model": ft_id, "steps": result.steps, "train_loss": result.train_loss,
             "val_loss": result.val_loss, "train_tokens": result.train_tokens, "seconds": round(result.seconds, 3),
@@ -122,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store(Path(args.data_dir))
+    from learning_mcp.backend import distributed
+
+    if distributed.world_size() > 1:  # a rank under torchrun
+        return distributed.run_rank(store, args.job_id)
     return run_job(store, args.job_id)
 
 
