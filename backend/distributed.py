@@ -238,6 +238,10 @@ def init_process_group() -> dict[str, Any]:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     me = {"rank": dist.get_rank(), "device": _rank_device(device), "host": socket.gethostname(), "pid": os.getpid()}
+    if os.environ.get("LEARNING_MCP_DIST_LAUNCHER") == "ray":
+        import ray
+
+        me["ray_node_id"] = ray.get_runtime_context().get_node_id()
     ranks: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, me)
     return {"launcher": os.environ.get("LEARNING_MCP_DIST_LAUNCHER") or LAUNCHER,
@@ -308,6 +312,24 @@ def run_rank(store, job_id: str) -> int:
             dist.destroy_process_group()
         except Exception:  # already torn down by a failing peer
             pass
+
+
+_COLLECTIVE_FAILURE_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out")
+
+
+def peer_failure(reporter: Any, code: str, message: str) -> tuple[str, str]:
+    """``(code, message)`` for a rank's failure: a collective that failed because another process of the job
+    died becomes ``peer_process_died`` with a message that says so; anything else is returned unchanged.
+    ``reporter`` is the rank's reporter (a plain one outside multi-process jobs)."""
+    index = getattr(reporter, "rank_index", None)
+    if index is None:
+        return code, message
+    if any(word in message.lower() for word in _COLLECTIVE_FAILURE_WORDS):
+        return ("peer_process_died",
+                f"another process of this {world_size()}-process job died (killed, out of memory, or its node was "
+                f"lost), so rank {index}'s collective failed; see the other ranks' logs. Rank {index} saw: "
+                f"{message[:300]}")
+    return code, f"{message} (on rank {index})"
 
 
 def examples_per_rank(n_examples: int) -> int:

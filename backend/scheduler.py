@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from learning_mcp.backend.distributed import launcher_env, plan_launch, worker_command
+from learning_mcp.backend.distributed import LaunchPlan, launcher_env, plan_launch, worker_command
 from learning_mcp.backend.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,17 @@ def _is_our_worker(pid: int, job_id: str) -> bool:
             cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return _pid_alive(pid)
-    return "learning_mcp.backend.worker" in cmdline and job_id in cmdline
+    return ("learning_mcp.backend.worker" in cmdline or "learning_mcp.backend.ray_backend" in cmdline) \
+        and job_id in cmdline
+
+
+def _settings_ray_address() -> str | None:
+    from learning_mcp.tools.settings import Settings
+
+    try:
+        return Settings.load().ray_address
+    except Exception:  # a bad .env must not stop the scheduler; the backend reports settings errors itself
+        return None
 
 
 def describe_exit(code: int | None) -> str:
@@ -98,8 +108,10 @@ def finish_cancelled(store: Store, job_id: str, message: str = "job cancelled") 
 
 class Scheduler:
     def __init__(self, store: Store, *, max_concurrent: int = 1, poll_s: float = 0.25, kill_after_s: float = 15.0,
-                 file_wait_s: float = 600.0):
+                 file_wait_s: float = 600.0, ray_address: str | None = None):
         self.store = store
+        # a Ray cluster (Settings.ray_address / LEARNING_MCP_RAY_ADDRESS): jobs run as Ray Train jobs
+        self.ray_address = ray_address if ray_address is not None else _settings_ray_address()
         self.max_concurrent = max(1, max_concurrent)
         self.poll_s = poll_s
         self.kill_after_s = kill_after_s
@@ -205,14 +217,20 @@ class Scheduler:
         plan = plan_launch(job.get("_payload") or {})  # several processes under torchrun: backend/distributed.py
         cmd = worker_command(plan, self.store.paths.root, job_id)
         env = {**os.environ, **launcher_env(plan)}
+        if self.ray_address:  # a Ray Train job: backend/ray_backend.py
+            from learning_mcp.backend.ray_backend import driver_command, scaling_for
+
+            cmd, env = driver_command(self.ray_address, self.store.paths.root, job_id), dict(os.environ)
+            plan = LaunchPlan(scaling_for(job.get("_payload") or {})["num_workers"], "ray", "ray", "ray", plan.requested)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                  start_new_session=plan.world_size > 1)  # a group: SIGKILL reaches every rank
         self._running[job_id] = _Running(job_id, popen.pid, popen, log_file=log_file)
         self.store.set_job_status(job_id, "running", worker_pid=popen.pid)
-        launched = f" via {plan.launcher}, {plan.world_size} processes" if plan.launcher else ""
+        launcher = "ray" if self.ray_address else plan.launcher
+        launched = f" via {launcher}, {plan.world_size} processes" if launcher else ""
         self.store.add_event(job_id, "sft.running", f"training worker started (pid {popen.pid}){launched}",
-                             {"pid": popen.pid, "log": str(log_path), **plan.as_event_data()},
+                             {"pid": popen.pid, "log": str(log_path), **plan.as_event_data(), "launcher": launcher},
                              level="warning" if plan.note else "info")
 
     def _handle_cancels(self) -> None:

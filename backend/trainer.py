@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .distributed import model_for_saving, scale_for_world, world_size
+from .distributed import examples_per_rank, model_for_saving, scale_for_world, world_size
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -850,7 +850,8 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
         )
         for noisy in (PrinterCallback, ProgressCallback):  # they print() to stdout
             trainer.remove_callback(noisy)
-        total_steps = estimate_total_steps(len(train_data.examples), sft_kwargs["per_device_train_batch_size"],
+        total_steps = estimate_total_steps(examples_per_rank(len(train_data.examples)),
+                                           sft_kwargs["per_device_train_batch_size"],
                                            sft_kwargs["gradient_accumulation_steps"], sft_kwargs["num_train_epochs"],
                                            sft_kwargs["max_steps"] if sft_kwargs["max_steps"] > 0 else None)
         reporter.event("sft.training.started", f"training {strategy} for {total_steps} steps on {device}", {

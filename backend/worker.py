@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from learning_mcp.backend.distributed import peer_failure
 from learning_mcp.backend.scheduler import finish_cancelled, finish_failed
 from learning_mcp.backend.store import Store
 
@@ -71,7 +72,10 @@ def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None)
         return 2
     reporter = reporter or StoreReporter(store, job_id)
     primary = getattr(reporter, "primary", True)
-    signal.signal(signal.SIGTERM, reporter.request_stop)
+    try:
+        signal.signal(signal.SIGTERM, reporter.request_stop)
+    except ValueError:  # not the main thread (a Ray Train worker): cancel arrives through the store
+        pass
     payload = job["_payload"]
     train_file = store.get_file(job["training_file_id"])
     val_file = store.get_file(job["validation_file_id"]) if job.get("validation_file_id") else None
@@ -98,16 +102,16 @@ def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None)
             finish_cancelled(store, job_id, "cancelled while training")
         return 0
     except TrainingError as exc:
-        if not primary:  # every rank raises the same error; rank 0 records it
+        code, message = peer_failure(reporter, exc.code, exc.message)
+        if not primary and code == exc.code:  # every rank raises the same error; rank 0 records it
             return 1
-        finish_failed(store, job_id, exc.code, exc.message, data={"param": exc.param, "failure_kind": "training"})
+        finish_failed(store, job_id, code, message, data={"param": exc.param, "failure_kind": "training"})
         return 1
     except Exception as exc:  # anything else is a bug or an environment problem: record it, never hide it
         tb = traceback.format_exc()
         log.error("job %s crashed:\n%s", job_id, tb)
-        where = f" on rank {reporter.rank_index}" if hasattr(reporter, "rank_index") else ""
-        finish_failed(store, job_id, "internal_error", f"training crashed{where}: {type(exc).__name__}: {exc}",
-                      data={"traceback": tb[-4000:], "failure_kind": "infrastructure"})
+        code, message = peer_failure(reporter, "internal_error", f"training crashed: {type(exc).__name__}: {exc}")
+        finish_failed(store, job_id, code, message, data={"traceback": tb[-4000:], "failure_kind": "infrastructure"})
         return 1
     if reporter.should_stop():
         if primary:
@@ -132,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store(Path(args.data_dir))
-    from learning_mcp.backend import distributed
+    from learning_mcp.backend.distributed import run_rank, world_size
 
-    if distributed.world_size() > 1:  # a rank under torchrun
-        return distributed.run_rank(store, args.job_id)
+    if world_size() > 1:  # a rank under torchrun
+        return run_rank(store, args.job_id)
     return run_job(store, args.job_id)
 
 
