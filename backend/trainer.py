@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .distributed import examples_per_rank, model_for_saving, scale_for_world, world_size
+from .memory import cast_for_saving, save_dtype
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -816,6 +817,10 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
     hparams = dict(req.hyperparameters or {})
     trainer = model = None
     try:
+        saved_dtype = save_dtype(resolved, req.models_dir, hparams)
+    except ValueError as exc:
+        raise TrainingError("invalid_hyperparameters", str(exc), "hyperparameters.save_dtype") from None
+    try:
         try:
             if strategy == "qlora":
                 from peft import prepare_model_for_kbit_training
@@ -881,6 +886,8 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
             return TrainResult(output_dir=req.output_dir, steps=steps, train_loss=callback.last_loss, val_loss=val_loss,
                                train_tokens=train_tokens, skipped_examples=train_data.skipped,
                                seconds=time.perf_counter() - started, kind=kind)
+        if kind == "full":  # in the base model's dtype unless hyperparameters.save_dtype says otherwise
+            cast_for_saving(save_model, saved_dtype)
         staging.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         save_model.save_pretrained(staging)

@@ -98,7 +98,7 @@ def _events(api: str, job_id: str) -> list[dict]:
     return httpx.get(f"{api}/learning/jobs/{job_id}/events", params={"limit": 1000}, timeout=30).json()["events"]
 
 
-def _wait_for_progress(api: str, job_id: str, timeout: float = 120) -> dict:
+def _wait_for_progress(api: str, job_id: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         events = _events(api, job_id)
@@ -119,7 +119,7 @@ def test_scaling_from_compute():
 
 def test_job_runs_on_both_ray_worker_nodes(ray_cluster, ray_backend, file_id, tiny_model):
     job_id = _start(ray_backend.api, tiny_model, file_id)
-    done = wait_job(ray_backend.api, job_id, timeout=150)
+    done = wait_job(ray_backend.api, job_id, timeout=300)
     events = _events(ray_backend.api, job_id)
     assert done["status"] == "succeeded", [e["message"] for e in events][-4:]
     assert next(e for e in events if e["type"] == "sft.running")["data"]["launcher"] == "ray"
@@ -140,7 +140,7 @@ def test_cancel_stops_a_ray_job(ray_backend, file_id, tiny_model):
     job_id = _start(ray_backend.api, tiny_model, file_id, n_epochs=1000)
     _wait_for_progress(ray_backend.api, job_id)
     httpx.post(f"{ray_backend.api}/learning/jobs/{job_id}/cancel", timeout=30).raise_for_status()
-    assert wait_job(ray_backend.api, job_id, timeout=60)["status"] == "cancelled"
+    assert wait_job(ray_backend.api, job_id, timeout=120)["status"] == "cancelled"
 
 
 def test_killed_ray_worker_fails_the_job_clearly(ray_backend, file_id, tiny_model):
@@ -148,7 +148,7 @@ def test_killed_ray_worker_fails_the_job_clearly(ray_backend, file_id, tiny_mode
     started = _wait_for_progress(ray_backend.api, job_id)
     victim = next(r["pid"] for r in started["data"]["ranks"] if r["rank"] == 1)
     os.kill(victim, signal.SIGKILL)
-    done = wait_job(ray_backend.api, job_id, timeout=90)
+    done = wait_job(ray_backend.api, job_id, timeout=180)
     assert done["status"] == "failed"
     failed = next(e for e in _events(ray_backend.api, job_id) if e["type"] == "sft.job.failed")
     assert failed["data"]["error"]["code"] in {"ray_worker_failed", "peer_process_died"}, failed["message"]
