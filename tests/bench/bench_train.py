@@ -95,14 +95,18 @@ def run_baseline(model_dir: Path, data: Path, out: Path, args) -> dict:
     return result
 
 
-def run_job(api: str, model_dir: Path, file_id: str, args) -> dict:
+def run_job(api: str, model_dir: Path, file_id: str, args, *, gpu_count: int = 1, hyperparameters: dict | None = None
+            ) -> dict:
+    """One job through the backend; its steady tok/s (finish event), wall time start→succeeded, worker peak RSS
+    (all the worker's processes: a launcher's ranks too)."""
     import httpx
     import psutil
 
+    hyperparameters = hyperparameters or {"n_epochs": args.epochs, "per_device_batch": args.batch,
+                                          "learning_rate": args.lr, "sequence_length": args.max_length}
     payload = {"model": str(model_dir), "training_type": "sft_offline", "training_file_id": file_id,
-               "hyperparameters": {"n_epochs": args.epochs, "per_device_batch": args.batch,
-                                   "learning_rate": args.lr, "sequence_length": args.max_length},
-               "metadata": {"effective_config": {"compute": {"gpu_type": "cpu", "gpu_count": 1}}}}
+               "hyperparameters": hyperparameters,
+               "metadata": {"effective_config": {"compute": {"gpu_type": "cpu", "gpu_count": gpu_count}}}}
     job = httpx.post(f"{api}/learning/jobs", json=payload, timeout=30).json()
     started = time.perf_counter()
     httpx.post(f"{api}/learning/jobs/{job['id']}/start", timeout=30).raise_for_status()
@@ -121,7 +125,8 @@ def run_job(api: str, model_dir: Path, file_id: str, args) -> dict:
                     proc = False
         if proc:
             try:
-                peak = max(peak, proc.memory_info().rss / 2**20)
+                tree = [proc] + proc.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in tree) / 2**20)
             except psutil.NoSuchProcess:
                 proc = False
         time.sleep(0.05)
