@@ -38,9 +38,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=5e-3)
     args = parser.parse_args()
 
-    import httpx
-    from bench_train import rows, run_job
-    from conftest import start_backend, wait_file_ready
+    from bench_train import rows, run_job, upload_ready
+    from conftest import start_backend
     from learning_mcp.backend.tiny import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
@@ -50,10 +49,7 @@ def main() -> int:
     backend = start_backend(work / "backend")
     hp = {"n_epochs": args.epochs, "global_batch": args.global_batch, "learning_rate": args.lr}
     try:
-        with open(data, "rb") as fh:
-            rec = httpx.post(f"{backend.api}/learning/files", files={"file": (data.name, fh, "application/jsonl")},
-                             data={"purpose": "fine-tune"}, timeout=60).json()
-        wait_file_ready(backend.api, rec["id"])
+        rec = {"id": upload_ready(backend.api, data)}
         results = []
         for round_ in range(args.rounds):
             got = {}

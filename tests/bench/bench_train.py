@@ -82,6 +82,17 @@ def rows(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def upload_ready(api: str, path: Path) -> str:
+    """Upload a JSONL file to the backend and wait until it is validated; returns its file id."""
+    import httpx
+    from conftest import wait_file_ready
+
+    with open(path, "rb") as fh:
+        rec = httpx.post(f"{api}/learning/files", files={"file": (path.name, fh, "application/jsonl")},
+                         data={"purpose": "fine-tune"}, timeout=60).json()
+    return wait_file_ready(api, rec["id"])["id"]
+
+
 def run_baseline(model_dir: Path, data: Path, out: Path, args) -> dict:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", BASELINE, str(model_dir), str(data), str(out), str(args.batch),
@@ -177,10 +188,8 @@ def main() -> int:
                              "parameters (default); 0 = torch's default (one per core)")
     args = parser.parse_args()
 
-    from conftest import start_backend, wait_file_ready
+    from conftest import start_backend
     from learning_mcp.backend.tiny import build_tiny_model
-
-    import httpx
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model_dir = build_tiny_model(work / "small", size="small", seed=0)
@@ -191,10 +200,7 @@ def main() -> int:
         profile_in_process(model_dir, data, work, args)
     backend = start_backend(work / "backend")
     try:
-        with open(data, "rb") as fh:
-            rec = httpx.post(f"{backend.api}/learning/files", files={"file": (data.name, fh, "application/jsonl")},
-                             data={"purpose": "fine-tune"}, timeout=60).json()
-        wait_file_ready(backend.api, rec["id"])
+        rec = {"id": upload_ready(backend.api, data)}
         results = []
         for round_ in range(args.rounds):
             order = ["job", "baseline"] if round_ % 2 == 0 else ["baseline", "job"]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 
 def _epoch(iso: str) -> float:
@@ -60,8 +61,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
 
-    import httpx
-    from conftest import arithmetic_rows, start_backend, wait_file_ready
+    from bench_train import upload_ready
+    from conftest import arithmetic_rows, start_backend
     from learning_mcp.backend.tiny import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-wait-"))
@@ -70,10 +71,7 @@ def main() -> int:
     data.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_rows(32)))
     backend = start_backend(work / "backend")
     try:
-        with open(data, "rb") as fh:
-            rec = httpx.post(f"{backend.api}/learning/files", files={"file": (data.name, fh, "application/jsonl")},
-                             data={"purpose": "fine-tune"}, timeout=60).json()
-        wait_file_ready(backend.api, rec["id"])
+        rec = {"id": upload_ready(backend.api, data)}
         latencies = []
         for i in range(args.jobs):
             latency, calls = asyncio.run(one_job(backend.api, str(model), rec["id"], args.steps))
