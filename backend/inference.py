@@ -39,7 +39,10 @@ Stop strings
 Models
     Loaded on first use through :mod:`.modelref` (LoRA adapters merged) and kept in an LRU cache of
     ``max_loaded_models`` entries keyed by model id, so a model fine-tuned after the engine started is
-    served without a restart. torch/transformers are imported lazily.
+    served without a restart. Before a model is loaded, least-recently-used ones are evicted until it fits
+    the count and the memory budget (``memory_budget_mb``, ``LEARNING_MCP_INFERENCE_MEMORY_MB``); models
+    unused for ``idle_unload_s`` (``LEARNING_MCP_INFERENCE_IDLE_UNLOAD_S``, default 600) are unloaded
+    (:mod:`.memory`). torch/transformers are imported lazily.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Any
 
 from learning_mcp.tools.errors import LearningMCPError
 
+from .memory import available_bytes, estimate_model_bytes, loaded_bytes
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -286,6 +290,8 @@ class _LoadedModel:
     eos_ids: list[int]
     pad_id: int
     context_size: int | None
+    bytes: int = 0  # parameters + buffers (memory.loaded_bytes)
+    last_used: float = 0.0  # time.monotonic() of the last request that used it
 
 
 @dataclass
@@ -308,9 +314,16 @@ class InferenceEngine:
     """Serves chat completions for base and fine-tuned models; see the module docstring."""
 
     def __init__(self, models_dir: Path, *, max_batch_size: int = 64, batch_window_s: float = 0.01,
-                 max_loaded_models: int = 2, device: str | None = None) -> None:
+                 max_loaded_models: int = 2, device: str | None = None, memory_budget_mb: int | None = None,
+                 idle_unload_s: float | None = None) -> None:
         if max_batch_size < 1 or max_loaded_models < 1:
             raise ValueError("max_batch_size and max_loaded_models must be >= 1")
+        # the operator's settings (Settings.inference_memory_mb / inference_idle_unload_s), passed by backend/state.py
+        memory_budget_mb = 0 if memory_budget_mb is None else memory_budget_mb
+        idle_unload_s = 600.0 if idle_unload_s is None else idle_unload_s
+        self.idle_unload_s = max(0.0, float(idle_unload_s))  # 0: never unload idle models
+        self._idle_stop = threading.Event()
+        self._idle_thread: threading.Thread | None = None
         self.models_dir = Path(models_dir)
         self.max_batch_size = max_batch_size
         self.batch_window_s = max(0.0, batch_window_s)
@@ -353,6 +366,7 @@ class InferenceEngine:
     def close(self) -> None:
         """Drop every loaded model and refuse further requests."""
         self._closed = True
+        self._idle_stop.set()
         for task in list(self._flushers.values()):
             task.cancel()
         with self._models_lock:
@@ -452,6 +466,7 @@ class InferenceEngine:
             loaded = self._models.get(model_id)
             if loaded is not None:
                 self._models.move_to_end(model_id)
+                loaded.last_used = time.monotonic()
                 return loaded
         try:
             resolved = resolve_model(model_id, self.models_dir)
@@ -464,6 +479,7 @@ class InferenceEngine:
                 import torch
 
                 dtype = torch.float32
+        self._make_room(model_id, resolved, dtype)
         started = time.perf_counter()
         try:
             tokenizer = load_tokenizer(resolved)
@@ -483,7 +499,9 @@ class InferenceEngine:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         loaded = _LoadedModel(resolved=resolved, model=model, tokenizer=tokenizer, device=device, eos_ids=eos_ids,
-                              pad_id=pad_id, context_size=context)
+                              pad_id=pad_id, context_size=context, bytes=loaded_bytes(model),
+                              last_used=time.monotonic())
+        self._start_idle_unloader()
         with self._models_lock:
             self._models[model_id] = loaded
             self.stats["model_loads"] += 1
@@ -493,6 +511,68 @@ class InferenceEngine:
         gc.collect()
         logger.info("serving %s (%s) after %.2f s", model_id, resolved.kind, time.perf_counter() - started)
         return loaded
+
+    def _make_room(self, model_id: str, resolved: ResolvedModel, dtype: Any) -> None:
+        """Evict least-recently-used models until ``model_id`` fits (count and byte budget) — before loading it;
+        refuse (503 ``insufficient_memory``) a model larger than the budget or the machine's available memory."""
+        need = estimate_model_bytes(resolved, self.models_dir, dtype)
+        evicted = []
+        with self._models_lock:
+            while self._models and (
+                    len(self._models) >= self.max_loaded_models
+                    or (self.memory_budget_bytes and sum(m.bytes for m in self._models.values()) + need
+                        > self.memory_budget_bytes)):
+                evicted.append(self._models.popitem(last=False)[0])
+        if evicted:
+            logger.info("evicted %s from the inference cache to load %s", ", ".join(evicted), model_id)
+            self._release_memory()
+        mb = need / 2**20
+        if self.memory_budget_bytes and need > self.memory_budget_bytes:
+            raise InferenceError(503, "insufficient_memory", f"model {model_id!r} needs about {mb:.0f} MB, more than "
+                                 f"the inference memory budget ({self.memory_budget_bytes / 2**20:.0f} MB); raise "
+                                 "LEARNING_MCP_INFERENCE_MEMORY_MB or serve a smaller model", "model")
+        available = available_bytes()
+        if available is not None and need > 0.9 * available:
+            raise InferenceError(503, "insufficient_memory", f"model {model_id!r} needs about {mb:.0f} MB but this "
+                                 f"machine has {available / 2**20:.0f} MB available (a training job may be using "
+                                 "it); retry when the job has finished", "model")
+
+    @staticmethod
+    def _release_memory() -> None:
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover
+            pass
+
+    def _start_idle_unloader(self) -> None:
+        if not self.idle_unload_s or self._idle_thread is not None:
+            return
+        self._idle_thread = threading.Thread(target=self._unload_idle_loop, name="inference-idle-unload", daemon=True)
+        self._idle_thread.start()
+
+    def _unload_idle_loop(self) -> None:
+        interval = max(0.05, min(30.0, self.idle_unload_s / 4))
+        while not self._idle_stop.wait(interval):
+            self.unload_idle()
+
+    def unload_idle(self) -> list[str]:
+        """Unload models unused for ``idle_unload_s`` seconds; returns their ids (runs every
+        ``idle_unload_s / 4`` s, at most 30 s, in a daemon thread once a model is loaded)."""
+        if not self.idle_unload_s:
+            return []
+        cutoff = time.monotonic() - self.idle_unload_s
+        with self._models_lock:
+            idle = [model_id for model_id, m in self._models.items() if m.last_used < cutoff]
+            for model_id in idle:
+                del self._models[model_id]
+        if idle:
+            logger.info("unloaded idle model(s) %s", ", ".join(idle))
+            self._release_memory()
+        return idle
 
     # -- generation (worker thread) -------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ class Backend:
         self.settings = settings
         self.store = Store(data_dir)
         self.scheduler = Scheduler(self.store, max_concurrent=settings.max_concurrent_jobs,
-                                   worker_env=worker_environment(settings))
+                                   worker_env=worker_environment(settings), ray_address=settings.ray_address)
         self.max_upload_bytes = settings.max_upload_bytes
         set_torch_threads(settings.torch_threads)
         self._engine = None
@@ -42,7 +42,9 @@ class Backend:
             if self._engine is None:
                 from learning_mcp.backend.inference import InferenceEngine
 
-                self._engine = InferenceEngine(self.store.paths.models)
+                self._engine = InferenceEngine(self.store.paths.models,
+                                               memory_budget_mb=self.settings.inference_memory_mb,
+                                               idle_unload_s=self.settings.inference_idle_unload_s)
             return self._engine
 
     def validate_file_async(self, record: dict) -> None:

@@ -62,6 +62,8 @@ from .chat_template import (
     has_generation_markers,
     tokenize_conversation,
 )
+from .distributed import examples_per_rank, model_for_saving, scale_for_world, world_size
+from .memory import cast_for_saving, save_dtype
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -718,6 +720,7 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
     sft_kwargs = build_sft_config(hparams, len(train_data.examples), device, kind=kind,
                                   has_eval=val_data is not None, output_dir=staging / "trainer", seed=req.seed,
                                   model_max_length=model_max_length, bf16_supported=bf16_supported)
+    sft_kwargs = scale_for_world(sft_kwargs, hparams, world_size())  # several processes: same global batch
     if vl:  # batch clamped to 1 as Synth does, TRL's assistant-only loss; the notes go into the event below
         notes += vl.adjust_sft_kwargs(sft_kwargs)
     keep_best = val_data is not None and _truthy(hparams.get("save_best_model_at_end"))
@@ -768,6 +771,10 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
     hparams = dict(req.hyperparameters or {})
     trainer = model = None
     try:
+        saved_dtype = save_dtype(resolved, req.models_dir, hparams)
+    except ValueError as exc:
+        raise TrainingError("invalid_hyperparameters", str(exc), "hyperparameters.save_dtype") from None
+    try:
         try:
             if strategy == "qlora":
                 from peft import prepare_model_for_kbit_training
@@ -809,7 +816,8 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
             trainer.remove_callback(noisy)
         if vl:  # weight-0 assistant turns masked on top of TRL's vision collator
             vl.wrap_collator(trainer)
-        total_steps = estimate_total_steps(len(train_data.examples), sft_kwargs["per_device_train_batch_size"],
+        total_steps = estimate_total_steps(examples_per_rank(len(train_data.examples)),
+                                           sft_kwargs["per_device_train_batch_size"],
                                            sft_kwargs["gradient_accumulation_steps"], sft_kwargs["num_train_epochs"],
                                            sft_kwargs["max_steps"] if sft_kwargs["max_steps"] > 0 else None)
         reporter.event("sft.training.started", f"training {strategy} for {total_steps} steps on {device}", {
@@ -834,9 +842,15 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
             raise TrainingCancelled(steps)
 
         # -- save ----------------------------------------------------------------------------------
+        save_model = model_for_saving(trainer)  # None on ranks other than 0 of a multi-process job
+        if save_model is None:
+            return TrainResult(output_dir=req.output_dir, steps=steps, train_loss=callback.last_loss, val_loss=val_loss,
+                               train_tokens=train_tokens, skipped_examples=train_data.skipped,
+                               seconds=time.perf_counter() - started, kind=kind)
+        if kind == "full":  # in the base model's dtype unless hyperparameters.save_dtype says otherwise
+            cast_for_saving(save_model, saved_dtype)
         staging.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
-        save_model = trainer.model
         save_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         base_model = resolved.path if resolved.kind == "base" and Path(resolved.path).is_dir() else req.model

@@ -206,6 +206,14 @@ class Settings(BaseSettings):
     hf_hub_offline: bool = Field(False, validation_alias=AliasChoices("hf_hub_offline", "HF_HUB_OFFLINE"))
     synth_user_id: str | None = Field(None, validation_alias=AliasChoices("synth_user_id", "SYNTH_USER_ID"))
     synth_org_id: str | None = Field(None, validation_alias=AliasChoices("synth_org_id", "SYNTH_ORG_ID"))
+    # the embedded backend on a Ray cluster (backend/ray_backend.py): "auto", "host:6379" or "ray://host:10001"
+    ray_address: str | None = Field(None, validation_alias=AliasChoices("ray_address", "LEARNING_MCP_RAY_ADDRESS"))
+    # the inference engine's model cache (backend/inference.py): memory budget in MB (0 = no budget, keep at most
+    # two models) and seconds after which an unused model is unloaded (0 = never)
+    inference_memory_mb: int = Field(0, ge=0, validation_alias=AliasChoices(
+        "inference_memory_mb", "LEARNING_MCP_INFERENCE_MEMORY_MB"))
+    inference_idle_unload_s: float = Field(600.0, ge=0, validation_alias=AliasChoices(
+        "inference_idle_unload_s", "LEARNING_MCP_INFERENCE_IDLE_UNLOAD_S"))
     env_files: tuple[str, ...] = ()
     environ: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 
