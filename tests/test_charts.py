@@ -129,3 +129,26 @@ def test_job_chart_path_refuses_path_like_ids(tmp_path):
     for bad in ("../x", "a/b", "", ".."):
         with pytest.raises(LearningMCPError):
             charts.job_chart_path(tmp_path, bad)
+
+
+@pytest.mark.anyio
+async def test_get_job_status_chart_returns_image_content_and_writes_the_png(backend, job_with_validation, tmp_path,
+                                                                           anyio_backend):
+    from mcp import Client
+
+    from learning_mcp.server.app import ServerSettings, create_server
+
+    server = create_server(ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
+    async with Client(server) as client:
+        plain = await client.call_tool("get_job_status", {"job_id": job_with_validation})
+        charted = await client.call_tool("get_job_status", {"job_id": job_with_validation, "chart": True})
+        missing = await client.call_tool("get_job_status", {"job_id": "ftjob-nope", "chart": True})
+    assert not plain.is_error and [c.type for c in plain.content] == ["text", "text"]
+    assert not charted.is_error and [c.type for c in charted.content] == ["text", "text", "image"]
+    assert charted.structured_content == plain.structured_content
+    image = charted.content[2]
+    png = base64.b64decode(image.data)
+    assert image.mime_type == "image/png" and decode(png).shape == (400, 700, 3)
+    path = tmp_path / "mcp-data" / "jobs" / job_with_validation / "loss.png"
+    assert path.read_bytes() == png and str(path) in charted.content[0].text
+    assert missing.is_error and "[unknown_job]" in missing.content[0].text
