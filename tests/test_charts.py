@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import arithmetic_rows, wait_file_ready, wait_job, write_jsonl
+from conftest import arithmetic_rows, upload_ready, wait_job, write_jsonl
 from learning_mcp.tools import charts
 from learning_mcp.tools.loop import IterationRecord, LoopConfig, LoopState
 
@@ -34,19 +34,11 @@ def pixels_near(rgb: np.ndarray, color: tuple[int, int, int], tolerance: int = 4
     return int((np.abs(rgb.astype(int) - np.array(color)).max(axis=2) <= tolerance).sum())
 
 
-def upload(api: str, path) -> str:
-    with open(path, "rb") as fh:
-        file_id = httpx.post(f"{api}/learning/files", files={"file": (path.name, fh, "application/jsonl")},
-                             data={"purpose": "fine-tune"}, timeout=30).json()["id"]
-    wait_file_ready(api, file_id)
-    return file_id
-
-
 @pytest.fixture(scope="module")
 def job_with_validation(backend, tiny_model, tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("chart-data")
-    train_id = upload(backend.api, write_jsonl(folder / "train.jsonl", arithmetic_rows(64, seed=1)))
-    val_id = upload(backend.api, write_jsonl(folder / "val.jsonl", arithmetic_rows(16, seed=9)))
+    train_id = upload_ready(backend.api, write_jsonl(folder / "train.jsonl", arithmetic_rows(64, seed=1)))
+    val_id = upload_ready(backend.api, write_jsonl(folder / "val.jsonl", arithmetic_rows(16, seed=9)))
     payload = {"model": str(tiny_model), "training_type": "sft_offline", "training_file_id": train_id,
                "hyperparameters": {"n_epochs": 1, "total_steps": 40, "per_device_batch": 8, "learning_rate": 1e-2,
                                    "evaluation_strategy": "steps", "eval_steps": 10},

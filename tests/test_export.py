@@ -9,17 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import arithmetic_rows, wait_file_ready, wait_job, write_jsonl
+from conftest import arithmetic_rows, upload_ready, wait_job, write_jsonl
 
 PROMPT = [{"role": "user", "content": "3+4=?"}]
 MAX_TOKENS = 6
 
 
 def _train(backend, tiny_model: Path, dataset: Path, **hyperparameters) -> str:
-    with open(dataset, "rb") as fh:
-        file_id = httpx.post(f"{backend.api}/learning/files", files={"file": (dataset.name, fh, "application/jsonl")},
-                             data={"purpose": "fine-tune"}, timeout=30).json()["id"]
-    wait_file_ready(backend.api, file_id)
+    file_id = upload_ready(backend.api, dataset)
     lora = hyperparameters.get("train_kind") == "peft"
     payload = {"model": str(tiny_model), "training_type": "sft_offline", "training_file_id": file_id,
                "hyperparameters": {"n_epochs": 1, "total_steps": 30, "per_device_batch": 8, **hyperparameters},
