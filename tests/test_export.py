@@ -142,3 +142,25 @@ def test_refuses_to_overwrite_and_leaves_no_temp_folder(backend, trained, tmp_pa
         export(backend, trained["full"], tmp_path / "no" / "such" / "parent")
     assert info.value.code == "export_parent_missing"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "occupied"]  # no .export-* leftovers
+
+
+def test_export_route_over_http(backend, trained, tmp_path):
+    from urllib.parse import quote
+
+    def post(model: str, **body):
+        return httpx.post(f"{backend.api}/learning/models/{quote(model, safe='')}/export", json=body, timeout=120)
+
+    ok = post(trained["lora"], path=str(tmp_path / "adapter"), merge_lora=False)
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["format"] == "peft_adapter" and body["path"] == str(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == sorted(body["files"])
+
+    again = post(trained["lora"], path=str(tmp_path / "adapter"))
+    assert again.status_code == 400 and again.json()["error"]["code"] == "export_target_not_empty"
+    relative = post(trained["full"], path="relative/folder")
+    assert relative.status_code == 400 and relative.json()["error"] == {
+        "code": "invalid_path", "param": "path", "message": relative.json()["detail"]}
+    missing = post("ft:nothing:ftjob-missing", path=str(tmp_path / "x"))
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert post(trained["full"]).status_code == 422  # path is required
