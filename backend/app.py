@@ -76,6 +76,9 @@ def create_app(data_dir: str | os.PathLike[str], *, settings: Settings | None = 
                   description="Synth's learning API (files, SFT jobs, events, metrics, models, inference), "
                               "served locally and training with transformers + TRL + PEFT.")
     app.state.backend = backend
+    from learning_mcp.backend.export import export_router
+
+    app.include_router(export_router(backend.store.paths.models))  # POST /api/learning/models/{model}/export
     app.state.shutdown_hooks = []
     _add_error_handlers(app)
 

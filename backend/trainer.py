@@ -23,9 +23,10 @@ Data and loss masking
 
 Runtime
     GPU (bf16 when supported, fp16 when ``parallelism.fp16``) when CUDA is available, otherwise CPU in
-    fp32 without gradient checkpointing. ``report_to="none"``, ``save_strategy="no"``: nothing but the
-    final model touches the disk. The model is trained in a hidden sibling of ``output_dir`` and moved
-    into place at the end, manifest last, so a model directory is visible only once complete.
+    fp32 without gradient checkpointing. ``report_to`` as the TOML chooses (default ``"none"``, see
+    tracking.py), ``save_strategy="no"``: nothing but the final model reaches the model folder. The
+    model is trained in a hidden sibling of ``output_dir`` and moved into place at the end, manifest
+    last, so a model directory is visible only once complete.
     Cancellation is polled at every (micro-)step and evaluation batch.
 
 torch / transformers / trl / peft / datasets are imported inside functions only.
@@ -78,6 +79,7 @@ from .modelref import (
 )
 from .lora import TargetModulesError, check_target_modules, inventory_of
 from .vision import VisionJob
+from .tracking import report_to_setting
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +243,7 @@ def build_sft_config(hparams: dict | SFTHyperparameters, n_examples: int, device
         "logging_steps": max(1, total_steps // MAX_LOGGED_POINTS),
         "logging_first_step": True,
         "save_strategy": "no",
-        "report_to": "none",
+        "report_to": report_to_setting(hparams),  # [training] report_to, see tracking.py
         "seed": seed,
         "data_seed": seed,
         "packing": False,

@@ -67,6 +67,7 @@ def fine_tuned_model_id(base_model: str, job_id: str) -> str:
 def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None) -> int:
     """Run one job to a terminal status. ``reporter``: a rank's reporter in a multi-process job
     (:mod:`.distributed`); only its primary rank ends the job, except on an unexpected crash."""
+    from learning_mcp.backend.tracking import configure_tracking
     from learning_mcp.backend.trainer import TrainingCancelled, TrainingError, TrainRequest, run_training
 
     job = store.get_job(job_id)
@@ -98,6 +99,7 @@ def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None)
         fine_tuned_model_id=ft_id,
         seed=int((payload.get("hyperparameters") or {}).get("seed", 0) or 0),
     )
+    configure_tracking(request.hyperparameters, store.paths.root, job_id)  # [training] report_to: log dirs
     try:
         result = run_training(request, reporter)
     except TrainingCancelled:

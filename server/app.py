@@ -243,6 +243,8 @@ def create_server(settings: Settings | None = None) -> MCPServer:
         job_id: Annotated[str, Field(description="job_id returned by create_job")],
         since_seq: Annotated[int, Field(ge=0, description="only events after this seq (use next_since_seq)")] = 0,
         wait_seconds: Annotated[float, Field(ge=0, le=50, description="wait up to this long for a change")] = 0,
+        chart: Annotated[bool, Field(description="also return the train/validation loss curves as a PNG image "
+                                                 "(kept at <data dir>/jobs/<job_id>/loss.png)")] = False,
     ) -> Annotated[CallToolResult, JobStatusResult]:
         """Status, progress (step/total/epoch/loss), latest metrics, new events and, when done, fine_tuned_model.
 
@@ -279,7 +281,16 @@ def create_server(settings: Settings | None = None) -> MCPServer:
         if status == "failed" and rec.error:
             message = rec.error.get("message") if isinstance(rec.error, dict) else rec.error
             bits.append(f"error: {' '.join(str(message).split())}")  # the summary stays one line
-        return result(model, "; ".join(bits))
+        if not chart:
+            return result(model, "; ".join(bits))
+        from learning_mcp.tools import charts
+
+        with tool_errors(f"charting job {job_id}"):
+            path = charts.job_chart_path(state_of(ctx).data_dir, job_id)
+            png = await charts.job_loss_chart(api, job_id, out_path=path)
+        out = result(model, "; ".join(bits + [f"loss chart {path}"]))
+        out.content.append(charts.png_image_content(png))
+        return out
 
     # -- cancel_job / list_jobs ------------------------------------------------------------------------
     @server.tool(title="Cancel a job", annotations=CANCELS)

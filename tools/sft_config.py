@@ -42,7 +42,9 @@ accepted wherever Synth's is. Settings Synth's CLI drops silently are handled pe
 * forwarded, listed in ``dropped_keys`` and warned about (the embedded backend honours them; Synth's hosted
   backend may ignore them): ``[training.lora]`` / legacy ``[lora]`` (``r``, ``alpha``, ``dropout``,
   ``target_modules``) and ``[hyperparameters] lora_*`` as ``hyperparameters.lora_rank|lora_alpha|
-  lora_dropout|lora_target_modules``; ``weight_decay``; and ``total_steps`` / ``train_steps`` / ``steps``,
+  lora_dropout|lora_target_modules``; ``weight_decay``; ``[training] report_to`` (TRL's metrics tracking:
+  ``"none"``, ``"tensorboard"``, ``"trackio"``, ``"wandb"``, ``"mlflow"`` or a list) as
+  ``hyperparameters.report_to``; and ``total_steps`` / ``train_steps`` / ``steps``,
   all three sent as ``hyperparameters.total_steps`` (the name Synth's hyperparameter class gives it first;
   the backend maps it to ``max_steps``; two that disagree are an error). Forwarded keys go after all of
   Synth's keys, so stripping them gives Synth's payload byte for byte. LoRA precedence when a setting is
@@ -144,6 +146,14 @@ _SENT_HYPERPARAMETER_KEYS = frozenset(
     {*_STEP_KEYS, *_SYNTH_HYPERPARAMETER_KEYS, "parallelism", "weight_decay", *_LORA_DESTINATIONS}
 )
 _FORWARDED_COMPUTE_KEYS = ("gpu_type", "gpu_count", "nodes")
+REPORT_TO_PARAM = "hyperparameters.report_to"
+# [training] report_to: TRL/transformers' integration name -> modules that provide it (any one; the backend checks)
+REPORT_TO_INTEGRATIONS: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "trackio": ("trackio",),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+}
 
 _SECTION_DROP_REASONS = {
     "policy": "[policy] is not used by SFT jobs",
@@ -996,6 +1006,38 @@ def _forward_weight_decay(
     return {"weight_decay": parsed_hyperparameters.get("weight_decay", number)}
 
 
+def parse_report_to(value: Any) -> list[str]:
+    """``report_to`` as written (``None``, ``"none"``, a name or a list of names) -> the integrations it names.
+
+    Raises ``ValueError`` naming the allowed values. Pure: the backend (``backend/tracking.py``) uses it too.
+    """
+    allowed = ", ".join(repr(name) for name in ["none", *REPORT_TO_INTEGRATIONS])
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"report_to must be one of {allowed} or a list of them; got {value!r}")
+    cleaned = [n.strip().lower() for n in names]
+    unknown = [n for n in cleaned if n not in REPORT_TO_INTEGRATIONS and n != "none"]
+    if unknown:
+        raise ValueError(f"report_to names {', '.join(map(repr, unknown))}, which learning-mcp does not support; "
+                         f"use {allowed}")
+    return list(dict.fromkeys(n for n in cleaned if n != "none"))
+
+
+def _forward_report_to(config: Mapping[str, Any], notes: _Notes) -> dict[str, Any]:
+    training = _table(config, "training")
+    if "report_to" not in training:
+        return {}
+    try:
+        integrations = parse_report_to(training["report_to"])
+    except ValueError as exc:
+        raise ConfigError("invalid_config", f"training.{exc}", param="training.report_to", from_synth=False) from None
+    notes.drop("training.report_to", _forward_note("training.report_to", "report_to",
+                                                   " (TRL's report_to: where training metrics are also logged)"))
+    return {"report_to": integrations or "none"}
+
+
 def _forwarded_hyperparameters(
     config: Mapping[str, Any], parsed: Mapping[str, Any], notes: _Notes
 ) -> dict[str, Any]:
@@ -1006,6 +1048,7 @@ def _forwarded_hyperparameters(
         **_forward_steps(raw_hyperparameters, notes),
         **_forward_weight_decay(parsed_hyperparameters, raw_hyperparameters, notes),
         **_forward_lora(config, notes),
+        **_forward_report_to(config, notes),
     }
 
 
@@ -1046,7 +1089,7 @@ def _audit_training(training: Mapping[str, Any], notes: _Notes) -> None:
             _audit_table("training.validation", value, _VALIDATION_KEYS, notes)
         elif key == "lora" and isinstance(value, dict):
             _audit_lora_table("training.lora", value, notes)
-        elif key not in ("mode", "use_qlora", "validation"):
+        elif key not in ("mode", "use_qlora", "validation", "report_to"):
             notes.drop(f"training.{key}", _drop_note(f"training.{key}"))
 
 
