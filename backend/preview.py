@@ -22,74 +22,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from learning_mcp.tools.errors import LearningMCPError
+from learning_mcp.tools.preview import DatasetPreview, PreviewExample, PreviewTotals, TokenLengths
 
 from .chat_template import METHOD_FALLBACK, trained_texts
+from .vision import VisionJob
 
 DEFAULT_TIME_BUDGET_S = 40.0
 MAX_PREVIEW_EXAMPLES = 50
 MAX_LISTED_LINES = 50
-
-
-class PreviewExample(BaseModel):
-    """One record as the trainer sees it."""
-
-    line: int = Field(description="1-based line of the record in the file")
-    rendered_text: str = Field(description="the conversation rendered through the model's chat template")
-    extra_sequences: list[str] = Field(
-        default_factory=list,
-        description="further sequences trained for this record: templates that re-render earlier assistant turns "
-                    "once later turns follow (Qwen3 drops <think>) train those turns in the conversation up to them")
-    trained_text: list[str] = Field(description="the assistant spans that get loss, in order, as decoded tokens")
-    tokens: int = Field(description="tokens of all the record's sequences before truncation")
-    trained_tokens: int = Field(description="tokens that get loss, after truncation")
-    truncated: bool = Field(description="a sequence is longer than sequence_length and is cut (the start is kept)")
-    dropped: bool = Field(description="no token gets loss after truncation and weights: the trainer skips it")
-    span_method: str = Field(description="markers | prefix-diff | per-turn | fallback | full-sequence")
-    notes: list[str] = Field(default_factory=list)
-
-
-class TokenLengths(BaseModel):
-    """Sequence lengths in tokens before truncation."""
-
-    min: int = 0
-    p50: int = 0
-    p90: int = 0
-    p95: int = 0
-    p99: int = 0
-    max: int = 0
-
-
-class PreviewTotals(BaseModel):
-    records: int = Field(description="records scanned")
-    complete: bool = Field(description="false when the time budget ended the scan before the end of the file")
-    sequences: int = Field(description="training sequences kept (records plus per-turn sequences, minus dropped)")
-    truncated: int = Field(description="records with a sequence longer than sequence_length")
-    truncated_lines: list[int] = Field(default_factory=list)
-    dropped: int = Field(description="records the trainer skips: nothing left to train after truncation/weights")
-    dropped_lines: list[int] = Field(default_factory=list)
-    tokens: int = Field(description="tokens after truncation of the sequences kept")
-    trained_tokens: int = Field(description="tokens that get loss")
-    trained_token_share: float = Field(description="trained_tokens / tokens")
-    token_lengths: TokenLengths
-    span_methods: dict[str, int] = Field(description="records per span method")
-    fallback_lines: list[int] = Field(default_factory=list,
-                                      description="records trained on the whole sequence: spans not found")
-
-
-class DatasetPreview(BaseModel):
-    """``preview_dataset``'s result."""
-
-    model: str
-    path: str
-    sequence_length: int = Field(description="the max_length the trainer truncates at")
-    assistant_only_loss: bool
-    chat_template_markers: bool = Field(description="the template has {% generation %} markers (used when true)")
-    examples: list[PreviewExample]
-    totals: PreviewTotals
-    warnings: list[str] = Field(default_factory=list)
 
 
 def _percentile(sorted_values: list[int], fraction: float) -> int:
@@ -134,12 +75,16 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
         models = Path(models_dir) if models_dir is not None else Path.cwd()
         check_loadable(model, models)
         resolved = resolve_model(model, models)
-        tokenizer = load_tokenizer(resolved)
-        markers = t.check_chat_template(tokenizer) == t.METHOD_MARKERS
+        vl = VisionJob.detect(model, resolved, models, Path(path))  # images: the processor renders, as in training
+        tokenizer = vl.processor.tokenizer if vl else load_tokenizer(resolved)
+        markers = t.check_chat_template(tokenizer) == t.METHOD_MARKERS if not vl else True
         records = t.load_jsonl_records(Path(path), param="path")
         max_length = t.build_sft_config(hparams, len(records), "cpu",
                                         model_max_length=t._max_position_embeddings(resolved, models))["max_length"]
         assistant_only = t.assistant_only_loss_enabled(hparams)
+        if vl:
+            return _preview_vision(vl, tokenizer, records, model=model, path=path, examples=examples,
+                                   max_length=max_length, started=started, time_budget_s=time_budget_s)
     except ModelRefError as exc:
         raise LearningMCPError("model_not_loadable", exc.message, param="model") from exc
     except t.TrainingError as exc:
@@ -206,3 +151,64 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
                         "those records")
     return DatasetPreview(model=model, path=str(path), sequence_length=max_length, assistant_only_loss=assistant_only,
                           chat_template_markers=markers, examples=shown, totals=totals, warnings=warnings)
+
+
+def _lengths(lengths: list[int]) -> TokenLengths:
+    lengths = sorted(lengths)
+    return TokenLengths(min=lengths[0] if lengths else 0, p50=_percentile(lengths, 0.5), p90=_percentile(lengths, 0.9),
+                        p95=_percentile(lengths, 0.95), p99=_percentile(lengths, 0.99),
+                        max=lengths[-1] if lengths else 0)
+
+
+def _preview_vision(vl: VisionJob, tokenizer, records: list[dict[str, Any]], *, model: str, path: str | Path,
+                    examples: int, max_length: int, started: float, time_budget_s: float | None) -> DatasetPreview:
+    """The vision-language rendering (:meth:`VisionJob.render_record`, the processor's chat template with the
+    image tokens expanded; TRL's assistant mask): what a VL job trains on. Image tokens show as the processor's
+    image token in ``rendered_text``."""
+    from . import trainer as t
+
+    shown: list[PreviewExample] = []
+    lengths: list[int] = []
+    truncated_lines: list[int] = []
+    dropped_lines: list[int] = []
+    tokens = trained = scanned = 0
+    for record in records:
+        if time_budget_s is not None and scanned >= max(examples, 1) and time.monotonic() - started > time_budget_s:
+            break
+        try:
+            _, _, _, ids, mask, _ = vl.render_record(record, param="path")
+        except t.TrainingError as exc:
+            raise LearningMCPError(exc.code, exc.message, param=exc.param) from exc
+        scanned += 1
+        line = record.get("line", -1)
+        kept_ids, kept_mask = ids[:max_length], mask[:max_length]
+        lengths.append(len(ids))
+        if len(ids) > max_length:
+            truncated_lines.append(line)
+        n_trained = sum(kept_mask)
+        if not n_trained:
+            dropped_lines.append(line)
+        else:
+            tokens += len(kept_ids)
+            trained += n_trained
+        if len(shown) < examples:
+            spans = t.assistant_spans([int(bit) for bit in kept_mask])
+            shown.append(PreviewExample(
+                line=line, rendered_text=tokenizer.decode(ids), extra_sequences=[],
+                trained_text=[tokenizer.decode(kept_ids[a:b]) for a, b in spans], tokens=len(ids),
+                trained_tokens=n_trained, truncated=len(ids) > max_length, dropped=not n_trained,
+                span_method="vision-processor", notes=[]))
+    totals = PreviewTotals(
+        records=scanned, complete=scanned == len(records), sequences=scanned - len(dropped_lines),
+        truncated=len(truncated_lines), truncated_lines=truncated_lines[:MAX_LISTED_LINES],
+        dropped=len(dropped_lines), dropped_lines=dropped_lines[:MAX_LISTED_LINES], tokens=tokens,
+        trained_tokens=trained, trained_token_share=round(trained / tokens, 4) if tokens else 0.0,
+        token_lengths=_lengths(lengths), span_methods={"vision-processor": scanned}, fallback_lines=[])
+    warnings = list(vl.notes)
+    if totals.truncated:
+        warnings.append(f"{totals.truncated} record(s) are longer than sequence_length {max_length} (image tokens "
+                        "included) and would be truncated or refused")
+    if totals.dropped:
+        warnings.append(f"{totals.dropped} record(s) have nothing to train and would be skipped")
+    return DatasetPreview(model=model, path=str(path), sequence_length=max_length, assistant_only_loss=True,
+                          chat_template_markers=True, examples=shown, totals=totals, warnings=warnings)

@@ -386,6 +386,35 @@ class VisionJob:
             return_assistant_tokens_mask=True, processor_kwargs={"add_special_tokens": False})
         return {"input_ids": list(rendered["input_ids"][0]), "mask": [bool(b) for b in rendered["assistant_masks"][0]]}
 
+    def render_record(self, record: dict[str, Any], *, param: str = TRAINING_FILE_PARAM):
+        """One record through the processor as the trainer renders it: ``(messages, image refs, images trimmed,
+        input_ids, trained mask, assistant weights)``, weight-0 assistant turns already masked out. Raises the
+        trainer's ``TrainingError`` (``image_unavailable``, ``invalid_dataset``) naming the line."""
+        from .trainer import TrainingError
+
+        line = record.get("line", -1)
+        messages, refs, cut = _structured(record["messages"], self.max_images)
+        try:
+            images = [load_image(ref) for ref in refs]
+        except ImageError as exc:
+            raise TrainingError("image_unavailable", f"line {line}: {exc}", param) from None
+        try:
+            rendered = self._render(_filled(messages, images))
+        except Exception as exc:
+            raise TrainingError("invalid_dataset", f"line {line}: the processor could not render this example "
+                                f"({type(exc).__name__}: {str(exc)[:300]})", param) from exc
+        ids, mask = rendered["input_ids"], rendered["mask"]
+        weights = _assistant_weights(record["messages"])
+        if any(weight == 0 for weight in weights):
+            spans = untrained_spans(mask, weights)
+            if spans is None:
+                raise TrainingError("invalid_dataset", f"line {line}: the chat template does not mark one span "
+                                    "per assistant turn, so weight 0 cannot be honoured on this image example",
+                                    param)
+            for start, end in spans:
+                mask[start:end] = [False] * (end - start)
+        return messages, refs, cut, ids, mask, weights
+
     def prepare_examples(self, records: list[dict[str, Any]], _tokenizer=None, *, chat_template: Any = None,
                          max_length: int, param: str = TRAINING_FILE_PARAM) -> VisionData:
         """Rows for the training dataset, every image decoded once (a bad image fails here, with its line), token
@@ -396,29 +425,9 @@ class VisionJob:
         rows, skipped_lines, trainable, total, trimmed, with_tools = [], [], 0, 0, 0, 0
         for record in records:
             line = record.get("line", -1)
-            messages, refs, cut = _structured(record["messages"], self.max_images)
-            trimmed += cut
             with_tools += bool(record.get("tools"))
-            try:
-                images = [load_image(ref) for ref in refs]
-            except ImageError as exc:
-                code = "image_unavailable"
-                raise TrainingError(code, f"line {line}: {exc}", param) from None
-            try:
-                rendered = self._render(_filled(messages, images))
-            except Exception as exc:
-                raise TrainingError("invalid_dataset", f"line {line}: the processor could not render this example "
-                                    f"({type(exc).__name__}: {str(exc)[:300]})", param) from exc
-            ids, mask = rendered["input_ids"], rendered["mask"]
-            weights = _assistant_weights(record["messages"])
-            if any(weight == 0 for weight in weights):
-                spans = untrained_spans(mask, weights)
-                if spans is None:
-                    raise TrainingError("invalid_dataset", f"line {line}: the chat template does not mark one span "
-                                        "per assistant turn, so weight 0 cannot be honoured on this image example",
-                                        param)
-                for start, end in spans:
-                    mask[start:end] = [False] * (end - start)
+            messages, refs, cut, ids, mask, weights = self.render_record(record, param=param)
+            trimmed += cut
             if image_token is not None and len(ids) > max_length and image_token in ids[max_length:]:
                 raise TrainingError("sequence_too_short", f"line {line}: sequence_length {max_length} cuts through "
                                     f"an image (the example is {len(ids)} tokens with its image tokens); raise "

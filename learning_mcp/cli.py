@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from learning_mcp import __version__
 from learning_mcp.paths import data_dir as resolve_data_dir
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             root = resolve_data_dir(data_dir)
             sys.stderr.write((stop_backend(root) if args.stop else backend_status(root)) + "\n")
             return 0
-        return serve(host=args.backend_host, port=args.backend_port, data_dir=data_dir,
-                     api_key=args.api_key or settings.local_key)
+        if args.api_key:
+            settings = settings.model_copy(update={"backend_key": SecretStr(args.api_key)})
+        return serve(host=args.backend_host, port=args.backend_port, data_dir=data_dir, settings=settings)
 
     from learning_mcp.server.app import run_server  # the MCP SDK: not needed by the other commands
 

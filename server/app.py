@@ -37,11 +37,13 @@ from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIs
                                         ValidationResult)
 from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools import models_registry
+from learning_mcp.tools import preview as preview_ops
 from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.tools.errors import ToolFailure, api_failure
 from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, TASKS_FORMAT_DOC
 from learning_mcp.tools.loop_manager import attach_loops
+from learning_mcp.tools.preview import DatasetPreview
 from learning_mcp.tools.settings import Settings, Target
 from learning_mcp.tools.sft_config import CONFIG_SCHEMA_DOC, EXAMPLE_TOML
 
@@ -50,7 +52,8 @@ log = logging.getLogger("learning_mcp.server")
 INSTRUCTIONS = """\
 Fine-tune language models with supervised fine-tuning (SFT) and ReST-EM self-training.
 
-Flow: validate_dataset(path) -> upload_file(path) -> create_job(config, training_file_id=...) ->
+Flow: validate_dataset(path) -> preview_dataset(path, model) (what the model will really be trained on) ->
+upload_file(path) -> create_job(config, training_file_id=...) ->
 poll get_job_status(job_id, since_seq=<next_since_seq>, wait_seconds=30) until terminal -> use
 fine_tuned_model as a model id. create_job can also take dataset=<path> and do the validate+upload itself.
 Self-training: run_sft_loop(...) returns a loop_id; poll get_loop_status(loop_id).
@@ -90,7 +93,7 @@ class AppState:
 
     async def _start_embedded_backend(self) -> Target:
         try:
-            info = await anyio.to_thread.run_sync(lambda: ensure_backend(self.data_dir))
+            info = await anyio.to_thread.run_sync(lambda: ensure_backend(self.data_dir, environ=self.settings.environ))
         except BackendStartError as exc:
             raise ToolFailure("backend_start_failed",
                               f"could not start the embedded learning backend: {exc}. Install the training extra in "
@@ -166,6 +169,42 @@ def create_server(settings: Settings | None = None) -> MCPServer:
                                  error_counts=report.error_counts, warnings=report.warnings, stats=report.stats,
                                  next_step=next_step)
         return result(model, report.summary())
+
+    # -- preview_dataset -------------------------------------------------------------------------------
+    @server.tool(title="Preview what a job would train on", annotations=READ_ONLY_REMOTE)
+    async def preview_dataset(
+        ctx: Context,
+        path: Annotated[str, Field(description="Path to the .jsonl dataset on this machine")],
+        model: Annotated[str | None, Field(description="the model to train (base id, local path or ft: id); "
+                                                       "default: [job].model of config")] = None,
+        examples: Annotated[int, Field(ge=0, le=50, description="records shown in full (the first ones)")] = 3,
+        sequence_length: Annotated[int | None, Field(ge=8, description="tokens per sequence (default: config's, "
+                                                                       "else the trainer's 1024 clamped to the "
+                                                                       "model's context)")] = None,
+        config: Annotated[str | None, Field(description=f"the job's SFT config ({CONFIG_ARG_HELP}); its "
+                                                        "hyperparameters (sequence_length, assistant_only_loss) and "
+                                                        "[job].model apply")] = None,
+    ) -> Annotated[CallToolResult, DatasetPreview]:
+        """Render a dataset through the model's real chat template (and processor, for vision-language models)
+        exactly as the trainer will, and show what gets loss — before spending money on a job.
+
+        Per example: rendered_text (the whole sequence), trained_text (the assistant spans that get loss, in
+        order — check that tool-call arguments read as objects, that the end-of-turn token is included and that
+        no user/system/tool text is there), tokens, trained_tokens, truncated, dropped, span_method. Totals over
+        the whole file: records truncated or dropped at sequence_length, token-length percentiles, trained-token
+        share, warnings. Read-only; runs on the embedded backend (it loads the tokenizer), not on Synth's API.
+        Next: fix the data or sequence_length, then upload_file(path) / create_job(config, dataset=path).
+        """
+        with tool_errors("previewing the dataset"):
+            api = await state_of(ctx).client()
+            out = await preview_ops.preview(api, path, model, examples=examples, sequence_length=sequence_length,
+                                            config=config, environ=state_of(ctx).settings.environ)
+        t = out.totals
+        summary = (f"{t.records} record(s) on {out.model} at sequence_length {out.sequence_length}: "
+                   f"{t.trained_tokens}/{t.tokens} tokens trained ({t.trained_token_share:.0%}), "
+                   f"{t.truncated} truncated, {t.dropped} dropped"
+                   + ("" if t.complete else " (partial scan: time budget)"))
+        return result(out, summary)
 
     # -- upload_file -----------------------------------------------------------------------------------
     @server.tool(title="Upload a dataset", annotations=UPLOADS)

@@ -351,6 +351,12 @@ class LearningClient:
     async def models(self) -> list[Model]:
         return [Model.of(m) for m in await self.list_models()]
 
+    # -- datasets ----------------------------------------------------------------------------------------
+    async def preview_dataset(self, body: dict, *, timeout_s: float = 55.0) -> dict:
+        """``POST /learning/datasets/preview`` (the embedded backend's route; body: ``tools.preview.PreviewRequest``).
+        Not retried: a preview that timed out would only time out again."""
+        return await self._json("POST", "learning/datasets/preview", json=body, retry=False, timeout=timeout_s)
+
     async def health(self) -> dict:
         return await self._json("GET", "health", retry=False)
 

@@ -1,6 +1,6 @@
 """The embedded backend's HTTP routes, one ``APIRouter`` per resource.
 
-* :mod:`.files`, :mod:`.jobs`, :mod:`.models` — the learning API; together :data:`learning_router`, mounted once
+* :mod:`.files`, :mod:`.jobs`, :mod:`.models`, :mod:`.datasets` (preview) — the learning API; together :data:`learning_router`, mounted once
   under ``/api/learning`` (in the spec) and once under ``/api/v1/learning`` (the prefix ``synth-ai status`` uses,
   learning-api.md §9.15, hidden from the spec); files are also served under ``/api/files``.
 * :mod:`.inference` — chat completions under ``/api/inference/v1`` (and the ``/api/v1``, ``/v1`` aliases).
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from learning_mcp.backend.routes import files, health, inference, jobs, models
+from learning_mcp.backend.routes import datasets, files, health, inference, jobs, models
 
 learning_router = APIRouter()
-for _resource in (files, jobs, models):
+for _resource in (files, jobs, models, datasets):
     learning_router.include_router(_resource.router)
 
 
