@@ -350,11 +350,11 @@ def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[
     return records
 
 
-def assistant_only_loss_enabled(hparams: dict) -> bool:
+def assistant_only_loss_enabled(hparams: dict | SFTHyperparameters) -> bool:
     """``hyperparameters.assistant_only_loss`` (default true; TRL's ``SFTConfig`` field name). False
     trains the whole sequence, system/user/tool text included."""
-    value = (hparams or {}).get("assistant_only_loss")
-    return True if value is None else _truthy(value)
+    value = _hyperparameters(hparams).assistant_only_loss  # the contract's rule (tools/sft_contract.py)
+    return True if value is None else value
 
 
 def tokenize_example(tokenizer, messages: list[dict[str, Any]], tools: list | None = None, *,

@@ -94,3 +94,25 @@ def test_preview_route_by_file_id_and_errors(backend, qwen25_model, tmp_path):
     unknown = httpx.post(url, json={"file_id": "file-nope", "model": str(qwen25_model)}, timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "file_not_found"
     assert "/api/learning/datasets/preview" in httpx.get(f"{backend.url}/openapi.json", timeout=30).json()["paths"]
+
+
+@pytest.mark.anyio
+async def test_assistant_only_loss_false_in_the_toml_reaches_the_rendering(server, qwen25_model, tmp_path,
+                                                                          anyio_backend):
+    path = write_jsonl(tmp_path / "tools.jsonl", tool_rows(2))
+    config = (f'[algorithm]\ntype = "offline"\nmethod = "sft"\nvariety = "fft"\n\n[job]\nmodel = "{qwen25_model}"\n\n'
+              "[hyperparameters]\nn_epochs = 1\nassistant_only_loss = false\n")
+    async with connect(server, "auto") as s:
+        out = await s.ok("preview_dataset", {"path": str(path), "config": config, "examples": 1})
+        assert out["assistant_only_loss"] is False and "USERWORDS" in "".join(out["examples"][0]["trained_text"])
+        assert any("assistant_only_loss" in w for w in out["warnings"])
+        await s.fails("create_job", {"config": config.replace("= false", '= "no"'), "dataset": str(path),
+                                     "dry_run": True}, "config_invalid_config", "assistant_only_loss")
+
+
+def test_contract_refuses_a_non_boolean_assistant_only_loss(backend, qwen25_model):
+    body = {"model": str(qwen25_model), "training_type": "sft_offline", "training_file_id": "file-x",
+            "hyperparameters": {"n_epochs": 1, "assistant_only_loss": "no"}}
+    response = httpx.post(f"{backend.api}/learning/jobs", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "hyperparameters.assistant_only_loss"

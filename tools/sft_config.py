@@ -143,7 +143,7 @@ _FORWARDED_STEP_KEYS = ("total_steps", "train_steps", "steps")
 _CONSUMED_JOB_KEYS = frozenset({"model", "data", "data_path", "poll_seconds"})
 # [hyperparameters] keys that reach the payload, Synth's or forwarded by us.
 _SENT_HYPERPARAMETER_KEYS = frozenset(
-    {*_STEP_KEYS, *_SYNTH_HYPERPARAMETER_KEYS, "parallelism", "weight_decay", *_LORA_DESTINATIONS}
+    {*_STEP_KEYS, *_SYNTH_HYPERPARAMETER_KEYS, "parallelism", "weight_decay", "assistant_only_loss", *_LORA_DESTINATIONS}
 )
 _FORWARDED_COMPUTE_KEYS = ("gpu_type", "gpu_count", "nodes")
 REPORT_TO_PARAM = "hyperparameters.report_to"
@@ -1038,6 +1038,23 @@ def _forward_report_to(config: Mapping[str, Any], notes: _Notes) -> dict[str, An
     return {"report_to": integrations or "none"}
 
 
+def _forward_assistant_only_loss(config: Mapping[str, Any], notes: _Notes) -> dict[str, Any]:
+    """``assistant_only_loss`` from ``[hyperparameters]`` (or ``[training]``, TRL's SFTConfig field): false trains the
+    whole sequence. Checked by the SFT contract (a boolean); forwarded, since Synth's CLI drops it."""
+    for table_name in ("hyperparameters", "training"):
+        table = _table(config, table_name)
+        if "assistant_only_loss" in table:
+            value = table["assistant_only_loss"]
+            if not isinstance(value, bool):
+                raise ConfigError("invalid_config", f"{table_name}.assistant_only_loss must be true or false, got "
+                                  f"{value!r}", param=f"{table_name}.assistant_only_loss", from_synth=False)
+            notes.drop(f"{table_name}.assistant_only_loss",
+                       _forward_note(f"{table_name}.assistant_only_loss", "assistant_only_loss",
+                                     " (false: loss on every token, not only the assistant replies)"))
+            return {"assistant_only_loss": value}
+    return {}
+
+
 def _forwarded_hyperparameters(
     config: Mapping[str, Any], parsed: Mapping[str, Any], notes: _Notes
 ) -> dict[str, Any]:
@@ -1049,6 +1066,7 @@ def _forwarded_hyperparameters(
         **_forward_weight_decay(parsed_hyperparameters, raw_hyperparameters, notes),
         **_forward_lora(config, notes),
         **_forward_report_to(config, notes),
+        **_forward_assistant_only_loss(config, notes),
     }
 
 
@@ -1089,7 +1107,7 @@ def _audit_training(training: Mapping[str, Any], notes: _Notes) -> None:
             _audit_table("training.validation", value, _VALIDATION_KEYS, notes)
         elif key == "lora" and isinstance(value, dict):
             _audit_lora_table("training.lora", value, notes)
-        elif key not in ("mode", "use_qlora", "validation", "report_to"):
+        elif key not in ("mode", "use_qlora", "validation", "report_to", "assistant_only_loss"):
             notes.drop(f"training.{key}", _drop_note(f"training.{key}"))
 
 

@@ -186,6 +186,9 @@ class SFTHyperparameters(_Open):
     lora_dropout: float | None = Field(None, description="LoRA dropout, 0 <= p < 1")
     lora_target_modules: str | list[str] | None = Field(
         None, description='"all-linear", comma-separated module names, or a list of module names')
+    assistant_only_loss: bool | None = Field(
+        None, description="loss on the assistant replies only (default true, TRL's SFTConfig field); false trains "
+                          "the whole sequence, system/user/tool text included")
 
     @model_validator(mode="before")
     @classmethod
@@ -229,6 +232,13 @@ class SFTHyperparameters(_Open):
             return value
         raise contract_failure('hyperparameters.lora_target_modules must be "all-linear", module names separated by '
                                "commas, or a non-empty list of module names", _hp("lora_target_modules"))
+
+    @field_validator("assistant_only_loss", mode="before")
+    @classmethod
+    def _assistant_only_loss(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, bool):
+            raise contract_failure("hyperparameters.assistant_only_loss must be true or false", _hp("assistant_only_loss"))
+        return value
 
     @field_validator("train_kind", mode="before")
     @classmethod
