@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from learning_mcp.tools.errors import LearningMCPError
+from learning_mcp.tools.model_checks import image_text_to_text_model_types, model_config_json
 
 logger = logging.getLogger(__name__)
 
@@ -410,7 +411,6 @@ def load_tokenizer(resolved: ResolvedModel):
 def _load_causal_lm(path: str, dtype: Any, **kwargs: Any):
     """The checkpoint at ``path`` with its auto class: ``AutoModelForImageTextToText`` for vision-language
     models (backend/vision.py), else ``AutoModelForCausalLM``."""
-    from .vision import auto_model_class, path_is_vision_language
 
     auto_class = auto_model_class(path_is_vision_language(path))
     return auto_class.from_pretrained(path, dtype=dtype, local_files_only=_local_only(path), **kwargs)
@@ -454,3 +454,48 @@ def load_model_for_inference(resolved: ResolvedModel, device: str, dtype: Any, *
     logger.info("loaded %s model %s on %s/%s in %.2f s", resolved.kind, resolved.id, device,
                 str(dtype).replace("torch.", ""), time.perf_counter() - started)
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# model kind: vision-language or text-only (from the config; transformers imported only when needed)
+# --------------------------------------------------------------------------------------------------
+def is_vision_language_config(config: Any) -> bool:
+    """True for a ``PretrainedConfig`` (or config.json dict) of a vision-language model (module docstring)."""
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    if get("vision_config", None) is not None:
+        return True
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if get("model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return True
+    architectures = get("architectures", None) or []
+    return any(name in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values() for name in architectures)
+
+
+def auto_model_class(vision: bool):
+    """``AutoModelForImageTextToText`` for vision-language models, else ``AutoModelForCausalLM``."""
+    if vision:
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def path_is_vision_language(path: str) -> bool:
+    """Whether the checkpoint at ``path`` (a local directory or Hub id) is vision-language, from its config."""
+    config = model_config_json(path)
+    if config is not None:
+        if config.get("vision_config") is not None:
+            return True
+        model_types = image_text_to_text_model_types()  # read from transformers' source, not imported
+        return config.get("model_type") in model_types if model_types is not None else is_vision_language_config(config)
+    from transformers import AutoConfig
+
+    try:
+        loaded = AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path) or hub_offline())
+    except Exception as exc:  # unreadable config: the loader reports it
+        logger.debug("cannot read the config of %s: %s", path, exc)
+        return False
+    return is_vision_language_config(loaded)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from learning_mcp.tools.lora_rules import TargetModulesError, check_target_modules, requested_targets
 from learning_mcp.tools.model_checks import images_unsupported_message, scan_images
 
 from learning_mcp.tools.errors import LearningMCPError
-from learning_mcp.tools.sft_contract import SFTJobPayload
+from learning_mcp.tools.sft_contract import SFTJobPayload, training_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,10 @@ def check_images(spec: SFTJobPayload, store) -> None:
 
 def check_lora(spec: SFTJobPayload, store) -> None:
     """``lora_target_modules_invalid`` for a LoRA job with an entry that matches no module of the model."""
-    from .lora import TargetModulesError, check_target_modules, module_inventory, requested_targets
-    from .trainer import select_strategy
+    from .lora import module_inventory  # transformers on first use
 
     targets = spec.hyperparameters.lora_target_modules
-    if not requested_targets(targets) or select_strategy(spec.hyperparameters, _effective_config(spec))[0] != "lora":
+    if not requested_targets(targets) or training_strategy(spec.hyperparameters, _effective_config(spec))[0] != "lora":
         return
     try:
         inventory = module_inventory(spec.model, store.paths.models)

@@ -4,7 +4,7 @@ Setting: ``LEARNING_MCP_RAY_ADDRESS`` (``Settings.ray_address``), e.g. ``ray://h
 or ``auto``. With it set, the scheduler spawns, per job, a small driver process
 ``python -m learning_mcp.backend.ray_backend --address A --data-dir D --job-id J`` instead of the worker. The
 driver connects to the cluster and runs ``ray.train.torch.TorchTrainer`` with :func:`train_loop_per_worker`
-— which runs the very same rank code as the torchrun path (:func:`.distributed.run_rank` →
+— which runs the very same rank code as the torchrun path (:func:`.worker.run_rank` →
 :func:`.worker.run_job` → :func:`.trainer.run_training`) — and a ``ScalingConfig`` built from ``[compute]``:
 ``num_workers = gpu_count`` and ``use_gpu = gpu_type != "cpu"``. Queueing and placement are Ray's: a job whose
 workers do not fit waits in Ray until they do (``LEARNING_MCP_MAX_CONCURRENT_JOBS`` still bounds how many
@@ -63,7 +63,7 @@ def scaling_for(payload: dict) -> dict[str, Any]:
 def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: the same rank code as under torchrun (Ray Train has set RANK/WORLD_SIZE/… and the
     process group)."""
-    from learning_mcp.backend import distributed
+    from learning_mcp.backend import distributed, worker  # in the Ray worker process
     from learning_mcp.backend.store import Store
 
     os.environ["LEARNING_MCP_DIST_LAUNCHER"] = "ray"
@@ -73,11 +73,9 @@ def train_loop_per_worker(config: dict) -> None:
         os.environ["LEARNING_MCP_DIST_DEVICE"] = "cpu"
     store = Store(Path(config["data_dir"]))
     if distributed.world_size() > 1:
-        code = distributed.run_rank(store, config["job_id"])
+        code = worker.run_rank(store, config["job_id"])
     else:
-        from learning_mcp.backend.worker import run_job
-
-        code = run_job(store, config["job_id"])
+        code = worker.run_job(store, config["job_id"])
     if code not in (0, None):
         raise RuntimeError(f"rank {distributed.rank()} ended with exit code {code}")
 
@@ -87,8 +85,7 @@ def run_driver(address: str, data_dir: Path, job_id: str) -> int:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from learning_mcp.backend.scheduler import finish_failed
-    from learning_mcp.backend.store import Store
+    from learning_mcp.backend.store import Store, finish_failed
 
     store = Store(data_dir)
     job = store.get_job(job_id)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from learning_mcp.backend.distributed import LaunchPlan, launcher_env, plan_launch, worker_command
-from learning_mcp.backend.store import Store
+from learning_mcp.backend.store import Store, finish_cancelled, finish_failed  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +84,7 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def finish_failed(store: Store, job_id: str, code: str, message: str, *, data: dict | None = None) -> None:
-    """Mark a job failed with Synth's terminal event pair."""
-    error = {"code": code, "message": message, "param": None}
-    store.set_job_status(job_id, "failed", error=error, events=[
-        ("sft.job.failed", message, {"error": error, **(data or {})}, "error"),
-        ("workflow.failed", message, {"error": error}, "error")])
-
-
-def finish_cancelled(store: Store, job_id: str, message: str = "job cancelled") -> None:
-    store.set_job_status(job_id, "cancelled", error={"code": "cancelled", "message": message, "param": None},
-                         events=[("sft.job.cancelled", message, {}, "warning"),
-                                 ("workflow.cancelled", message, {}, "warning")])
+# finish_failed / finish_cancelled live with the store (job-state helpers); re-exported for callers
 
 
 class Scheduler:

@@ -501,3 +501,20 @@ def _job_record(row: sqlite3.Row) -> dict:
         "_payload": payload,
         "_worker_pid": row["worker_pid"],
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# terminal job states (status and Synth's terminal event pair in one transaction)
+# --------------------------------------------------------------------------------------------------------
+def finish_failed(store: Store, job_id: str, code: str, message: str, *, data: dict | None = None) -> None:
+    """Mark a job failed with Synth's terminal event pair."""
+    error = {"code": code, "message": message, "param": None}
+    store.set_job_status(job_id, "failed", error=error, events=[
+        ("sft.job.failed", message, {"error": error, **(data or {})}, "error"),
+        ("workflow.failed", message, {"error": error}, "error")])
+
+
+def finish_cancelled(store: Store, job_id: str, message: str = "job cancelled") -> None:
+    store.set_job_status(job_id, "cancelled", error={"code": "cancelled", "message": message, "param": None},
+                         events=[("sft.job.cancelled", message, {}, "warning"),
+                                 ("workflow.cancelled", message, {}, "warning")])

@@ -2,7 +2,7 @@
 
 The SFT TOML's ``[training] report_to = "tensorboard"`` (or a list, e.g. ``["tensorboard", "trackio"]``) reaches
 the job payload as ``hyperparameters.report_to`` (``tools/sft_config.py`` forwards it; Synth's CLI drops it).
-The trainer passes it to ``SFTConfig(report_to=…)`` through :func:`report_to_setting`, and the worker process
+The trainer passes it to ``SFTConfig(report_to=…)`` through :func:`~.trainer.report_to_setting`, and the worker process
 calls :func:`configure_tracking` first so the logs land in the backend's data directory:
 
 * ``tensorboard`` — event files under ``<data_dir>/tensorboard/<job_id>/`` (``TENSORBOARD_LOGGING_DIR``, which
@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from learning_mcp.tools.sft_config import REPORT_TO_INTEGRATIONS, REPORT_TO_PARAM, parse_report_to
+from learning_mcp.tools.sft_config import REPORT_TO_INTEGRATIONS, parse_report_to
 
 INSTALL_HINTS = {"tensorboard": "pip install 'learning-mcp[charts]' (or pip install tensorboard)"}
 
@@ -37,27 +37,6 @@ def missing_packages(integrations: list[str]) -> list[str]:
     """The integrations among ``integrations`` whose package is not importable in this environment."""
     return [name for name in integrations
             if not any(importlib.util.find_spec(module) is not None for module in REPORT_TO_INTEGRATIONS[name])]
-
-
-def report_to_setting(hparams: Mapping[str, Any] | None) -> str | list[str]:
-    """``SFTConfig.report_to`` for a job's ``hyperparameters``: ``"none"`` or a list of installed integrations.
-
-    Raises the trainer's ``TrainingError`` (``invalid_hyperparameters`` or ``tracking_unavailable``, param
-    ``hyperparameters.report_to``) for an unknown name or a package that is not installed.
-    """
-    from .trainer import TrainingError  # here, not at import time: the trainer imports this module
-
-    try:
-        integrations = parse_report_to((hparams or {}).get("report_to"))
-    except ValueError as exc:
-        raise TrainingError("invalid_hyperparameters", f"hyperparameters.{exc}", REPORT_TO_PARAM) from None
-    missing = missing_packages(integrations)
-    if missing:
-        hints = "; ".join(INSTALL_HINTS.get(name, f"pip install {name}") for name in missing)
-        raise TrainingError("tracking_unavailable", f"report_to asks for {', '.join(missing)}, which is not installed "
-                            f"where the backend runs; install it ({hints}) and restart the backend, or remove "
-                            "report_to from the [training] section", REPORT_TO_PARAM)
-    return integrations or "none"
 
 
 def tensorboard_dir(data_dir: str | os.PathLike[str], job_id: str) -> Path:
@@ -70,7 +49,7 @@ def configure_tracking(hparams: Mapping[str, Any] | None, data_dir: str | os.Pat
     """Point the chosen integrations at the backend's data directory, in this (the job's worker) process.
 
     Sets only what is unset in ``environ`` (default ``os.environ``), so an operator's own settings win, and
-    returns what it set. Unknown names are left to :func:`report_to_setting` to report.
+    returns what it set. Unknown names are left to :func:`~.trainer.report_to_setting` to report.
     """
     environ = os.environ if environ is None else environ
     try:

@@ -45,10 +45,12 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from learning_mcp.tools.errors import LearningMCPError
-from learning_mcp.tools.sft_contract import ContractError, SFTHyperparameters, parse_hyperparameters
+from learning_mcp.tools.sft_config import REPORT_TO_PARAM, parse_report_to
+from learning_mcp.tools.sft_contract import ContractError, SFTHyperparameters, parse_hyperparameters, training_strategy
 
 from .chat_template import (
     METHOD_FALLBACK,
@@ -63,6 +65,7 @@ from .chat_template import (
     has_generation_markers,
     tokenize_conversation,
 )
+from .errors import TRAINING_FILE_PARAM, VALIDATION_FILE_PARAM, TrainingCancelled, TrainingError  # noqa: F401
 from .distributed import examples_per_rank, model_for_saving, scale_for_world, world_size
 from .memory import cast_for_saving, save_dtype
 from .modelref import (
@@ -79,7 +82,7 @@ from .modelref import (
 )
 from .lora import TargetModulesError, check_target_modules, inventory_of
 from .vision import VisionJob
-from .tracking import report_to_setting
+from .tracking import INSTALL_HINTS, missing_packages
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,6 @@ DEFAULT_LR_LORA = 2e-4
 DEFAULT_MAX_PER_DEVICE_BATCH = 8
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 MAX_LOGGED_POINTS = 50  # logging_steps = max(1, total_steps // 50)
-TRAINING_FILE_PARAM = "training_file_id"
-VALIDATION_FILE_PARAM = "validation_file"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,24 +137,6 @@ class TrainResult:
     tokens_per_second: float | None = None
 
 
-class TrainingError(LearningMCPError):
-    """A job-level failure with an API error object's fields."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(code, message, param=param)
-
-
-class TrainingCancelled(Exception):
-    """Raised when ``Reporter.should_stop()`` turned True; nothing is written to ``output_dir``.
-
-    ``step`` is the optimizer step training had reached (None when it stopped before training began).
-    """
-
-    def __init__(self, step: int | None = None) -> None:
-        super().__init__("training was cancelled" + (f" at step {step}" if step is not None else ""))
-        self.step = step
-
-
 # --------------------------------------------------------------------------------------------------
 # hyperparameter mapping (pure functions)
 # --------------------------------------------------------------------------------------------------
@@ -175,15 +158,32 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
+def report_to_setting(hparams: Mapping[str, Any] | None) -> str | list[str]:
+    """``SFTConfig.report_to`` for a job's ``hyperparameters``: ``"none"`` or a list of installed integrations.
+
+    Raises the trainer's ``TrainingError`` (``invalid_hyperparameters`` or ``tracking_unavailable``, param
+    ``hyperparameters.report_to``) for an unknown name or a package that is not installed.
+    """
+    try:
+        integrations = parse_report_to((hparams or {}).get("report_to"))
+    except ValueError as exc:
+        raise TrainingError("invalid_hyperparameters", f"hyperparameters.{exc}", REPORT_TO_PARAM) from None
+    missing = missing_packages(integrations)
+    if missing:
+        hints = "; ".join(INSTALL_HINTS.get(name, f"pip install {name}") for name in missing)
+        raise TrainingError("tracking_unavailable", f"report_to asks for {', '.join(missing)}, which is not installed "
+                            f"where the backend runs; install it ({hints}) and restart the backend, or remove "
+                            "report_to from the [training] section", REPORT_TO_PARAM)
+    return integrations or "none"
+
+
 def select_strategy(hparams: dict | SFTHyperparameters, effective_config: dict) -> tuple[str, bool]:
-    """``("full" | "lora", qlora_requested)`` from ``train_kind`` / ``training.mode`` / ``use_qlora``."""
-    hp = _hyperparameters(hparams)
-    training = (effective_config or {}).get("training") or {}
-    train_kind = (hp.train_kind or "").strip().lower()
-    mode = str(training.get("mode") or "").strip().lower()
-    qlora = _truthy(training.get("use_qlora")) or _truthy(hp.extra("use_qlora")) or train_kind == "qlora"
-    lora = qlora or train_kind in ("peft", "lora") or mode in ("lora", "peft", "qlora")
-    return ("lora" if lora else "full"), qlora
+    """``("full" | "lora", qlora_requested)``: the contract's rule (:func:`~learning_mcp.tools.sft_contract.
+    training_strategy`), with invalid hyperparameters as a TrainingError."""
+    try:
+        return training_strategy(hparams, effective_config)
+    except ContractError as exc:
+        raise TrainingError("invalid_hyperparameters", exc.message, exc.param) from None
 
 
 def estimate_total_steps(n_examples: int, per_device_batch: int, grad_accum: int, epochs: float,

@@ -45,12 +45,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chat_template import assistant_spans
+from .errors import TRAINING_FILE_PARAM, TrainingError
+from .lora import config_source
+from .modelref import (  # noqa: F401  (model-kind detection lives with model resolution; re-exported)
+    _local_only,
+    auto_model_class,
+    hub_offline,
+    is_vision_language_config,
+    path_is_vision_language,
+)
 from learning_mcp.tools.model_checks import (IMAGE_PART_TYPES, image_text_to_text_model_types, model_config_json,
                                              scan_images)
 
 logger = logging.getLogger(__name__)
 
-TRAINING_FILE_PARAM = "training_file_id"
 HTTP_TIMEOUT_S = 30.0
 
 
@@ -59,54 +68,8 @@ HTTP_TIMEOUT_S = 30.0
 # --------------------------------------------------------------------------------------------------
 
 
-def is_vision_language_config(config: Any) -> bool:
-    """True for a ``PretrainedConfig`` (or config.json dict) of a vision-language model (module docstring)."""
-    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
-    if get("vision_config", None) is not None:
-        return True
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    if get("model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        return True
-    architectures = get("architectures", None) or []
-    return any(name in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values() for name in architectures)
-
-
-def auto_model_class(vision: bool):
-    """``AutoModelForImageTextToText`` for vision-language models, else ``AutoModelForCausalLM``."""
-    if vision:
-        from transformers import AutoModelForImageTextToText
-
-        return AutoModelForImageTextToText
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM
-
-
-def path_is_vision_language(path: str) -> bool:
-    """Whether the checkpoint at ``path`` (a local directory or Hub id) is vision-language, from its config."""
-    config = model_config_json(path)
-    if config is not None:
-        if config.get("vision_config") is not None:
-            return True
-        model_types = image_text_to_text_model_types()  # read from transformers' source, not imported
-        return config.get("model_type") in model_types if model_types is not None else is_vision_language_config(config)
-    from transformers import AutoConfig
-
-    from .modelref import hub_offline
-
-    try:
-        loaded = AutoConfig.from_pretrained(path, local_files_only=os.path.isdir(path) or hub_offline())
-    except Exception as exc:  # unreadable config: the loader reports it
-        logger.debug("cannot read the config of %s: %s", path, exc)
-        return False
-    return is_vision_language_config(loaded)
-
-
 def model_is_vision_language(model_id: str, models_dir: Path) -> bool:
     """``path_is_vision_language`` of ``model_id``'s base weights (LoRA adapters and ft: ids followed)."""
-    from .lora import config_source
-
     return path_is_vision_language(config_source(model_id, models_dir))
 
 
@@ -127,8 +90,6 @@ def image_reference(part: dict[str, Any]) -> Any:
 
 
 def _offline() -> bool:
-    from .modelref import hub_offline
-
     return hub_offline()
 
 
@@ -218,8 +179,6 @@ def _filled(messages: list[dict[str, Any]], images: list[Any]) -> list[dict[str,
 def untrained_spans(trained: list[bool], weights: list[float]) -> list[tuple[int, int]] | None:
     """The token spans of the weight-0 assistant turns, given which tokens are trained (one contiguous span
     per assistant turn, in order) and the assistant turns' weights; None when the spans do not line up."""
-    from .trainer import assistant_spans
-
     spans = assistant_spans([int(bit) for bit in trained])
     if len(spans) != len(weights):
         return None
@@ -327,16 +286,12 @@ class VisionJob:
         from learning_mcp.tools import models_registry
         from learning_mcp.tools.model_checks import images_unsupported_message
 
-        from .trainer import TrainingError
-
         scan = scan_images(train_path)
         if scan.first_line is None and (validation_path is None or scan_images(validation_path).first_line is None):
             return None
         if not model_is_vision_language(model, models_dir):
             raise TrainingError("images_unsupported", images_unsupported_message(model, scan), "model")
         from transformers import AutoProcessor
-
-        from .modelref import _local_only
 
         path = resolved.tokenizer_path
         try:
@@ -357,8 +312,6 @@ class VisionJob:
 
     def _training_template(self) -> str | None:
         from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
-        from .trainer import TrainingError
 
         template = getattr(self.processor, "chat_template", None)
         if not template:
@@ -390,8 +343,6 @@ class VisionJob:
         """One record through the processor as the trainer renders it: ``(messages, image refs, images trimmed,
         input_ids, trained mask, assistant weights)``, weight-0 assistant turns already masked out. Raises the
         trainer's ``TrainingError`` (``image_unavailable``, ``invalid_dataset``) naming the line."""
-        from .trainer import TrainingError
-
         line = record.get("line", -1)
         messages, refs, cut = _structured(record["messages"], self.max_images)
         try:
@@ -419,8 +370,6 @@ class VisionJob:
                          max_length: int, param: str = TRAINING_FILE_PARAM) -> VisionData:
         """Rows for the training dataset, every image decoded once (a bad image fails here, with its line), token
         counts from the processor's rendering, examples with no trainable token skipped (as for text)."""
-        from .trainer import TrainingError
-
         image_token = getattr(self.processor, "image_token_id", None)
         rows, skipped_lines, trainable, total, trimmed, with_tools = [], [], 0, 0, 0, 0
         for record in records:

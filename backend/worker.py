@@ -22,9 +22,8 @@ import traceback
 from pathlib import Path
 
 from learning_mcp.backend.modelref import set_torch_threads
-from learning_mcp.backend.distributed import peer_failure
-from learning_mcp.backend.scheduler import finish_cancelled, finish_failed
-from learning_mcp.backend.store import Store
+from learning_mcp.backend.distributed import init_process_group, is_primary, peer_failure, rank, world_size
+from learning_mcp.backend.store import Store, finish_cancelled, finish_failed
 from learning_mcp.tools.settings import Settings
 
 log = logging.getLogger("learning_mcp.worker")
@@ -142,11 +141,76 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_torch_threads(Settings.load(environ=os.environ).torch_threads)  # the backend passes its settings' env
     store = Store(Path(args.data_dir))
-    from learning_mcp.backend.distributed import run_rank, world_size
-
     if world_size() > 1:  # a rank under torchrun
         return run_rank(store, args.job_id)
     return run_job(store, args.job_id)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# one rank of a multi-process job (torchrun or Ray Train; launch planning is in backend/distributed.py)
+# --------------------------------------------------------------------------------------------------
+def make_rank_reporter(store, job_id: str):
+    """A :class:`~.worker.StoreReporter` for one rank of a multi-process job (see :class:`RankReporter`)."""
+    class RankReporter(StoreReporter):
+        """Writes only on rank 0; ``should_stop`` is agreed by all ranks (``all_reduce(MAX)``) once the
+        process group exists, so every rank stops at the same step."""
+
+        primary = is_primary()
+        rank_index = rank()
+
+        def event(self, type: str, message: str, data: dict | None = None, level: str = "info") -> None:
+            if self.primary:
+                super().event(type, message, data, level)
+
+        def metric(self, name: str, value: float, step: int, epoch: float | None = None, phase: str = "train",
+                   data: dict | None = None) -> None:
+            if self.primary:
+                super().metric(name, value, step, epoch=epoch, phase=phase, data=data)
+
+        def should_stop(self) -> bool:
+            local = super().should_stop()
+            import torch
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+                return local
+            flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+            if dist.get_backend() == "nccl":
+                flag = flag.cuda()
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.item())
+
+    return RankReporter(store, job_id)
+
+
+def run_rank(store, job_id: str) -> int:
+    """Entry point of one rank (``worker.main`` calls it when ``WORLD_SIZE > 1``)."""
+    import torch.distributed as dist
+
+    try:
+        described = init_process_group()
+    except Exception as exc:
+        log.exception("rank %s could not join the process group", rank())
+        finish_failed(store, job_id, "distributed_init_failed",
+                      f"rank {rank()} could not join the process group: {type(exc).__name__}: {exc}",
+                      data={"failure_kind": "infrastructure", "rank": rank()})
+        return 1
+    if is_primary():
+        devices = ", ".join(f"rank {r['rank']}: {r['device']}" for r in described["ranks"])
+        store.add_event(job_id, "sft.distributed.started",
+                        f"{described['world_size']} processes via {described['launcher']} "
+                        f"({described['strategy']}, {described['backend']}; {devices})", described)
+    try:
+        return run_job(store, job_id, reporter=make_rank_reporter(store, job_id))
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # already torn down by a failing peer
+            pass
+
+
+_COLLECTIVE_FAILURE_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out")
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ from pydantic import Field
 from learning_mcp import __version__
 from learning_mcp.backend.launcher import BackendStartError, ensure_backend
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
-                                        reject_unknown_tools, result, state_of, tool_errors)
+                                        png_image_content, reject_unknown_tools, result, state_of, tool_errors)
 from learning_mcp.server.loop_tools import register_loop_tools
 from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
                                         ValidationResult)
 from learning_mcp.tools import jobs as job_ops
-from learning_mcp.tools import models_registry
+from learning_mcp.tools import charts, models_registry
 from learning_mcp.tools import preview as preview_ops
 from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import CONFIG_ARG_HELP
@@ -322,13 +322,12 @@ def create_server(settings: Settings | None = None) -> MCPServer:
             bits.append(f"error: {' '.join(str(message).split())}")  # the summary stays one line
         if not chart:
             return result(model, "; ".join(bits))
-        from learning_mcp.tools import charts
 
         with tool_errors(f"charting job {job_id}"):
             path = charts.job_chart_path(state_of(ctx).data_dir, job_id)
             png = await charts.job_loss_chart(api, job_id, out_path=path)
         out = result(model, "; ".join(bits + [f"loss chart {path}"]))
-        out.content.append(charts.png_image_content(png))
+        out.content.append(png_image_content(png))
         return out
 
     # -- cancel_job / list_jobs ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ No module in ``server/`` imports another tool-registration module; they all impo
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.context import CallNext, ServerRequestContext
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
+from mcp.types import INVALID_PARAMS, CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 from learning_mcp.tools.client import LearningAPIError
@@ -76,3 +77,8 @@ async def _progress(ctx: Context, done: float, total: float | None, message: str
         await ctx.report_progress(done, total, message)
     except Exception:  # progress is advisory: a host without a token or a closed stream must not fail the call
         log.debug("progress notification dropped", exc_info=True)
+
+
+def png_image_content(png: bytes) -> ImageContent:
+    """``png`` as an MCP ``ImageContent`` block (base64, ``image/png``) for a tool result's content list."""
+    return ImageContent(type="image", data=base64.b64encode(png).decode("ascii"), mime_type="image/png")

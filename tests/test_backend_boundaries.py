@@ -8,7 +8,11 @@ import ast
 from pathlib import Path
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
-ALLOWED_TOOLS = {"errors", "settings", "sft_contract", "dataset", "atomic"}
+# the shared rules and contract: errors, settings, the SFT payload and hyperparameter rules (sft_contract; the config
+# builder's report_to rule), dataset and model rules (dataset, model_checks, lora_rules, models_registry), the
+# preview result models, and the atomic-write helper
+ALLOWED_TOOLS = {"errors", "settings", "sft_contract", "sft_config", "dataset", "model_checks", "lora_rules",
+                 "models_registry", "preview", "atomic"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import arithmetic_rows, upload_ready, wait_job, write_jsonl
+from learning_mcp.server.common import png_image_content
 from learning_mcp.tools import charts
 from learning_mcp.tools.loop import IterationRecord, LoopConfig, LoopState
 
@@ -110,7 +111,7 @@ def test_loop_chart_shows_each_series():
 def test_png_image_content_round_trips():
     png = charts.loss_chart_png([{"name": "train.loss", "value": 1.0, "step": 1},
                                  {"name": "train.loss", "value": 0.5, "step": 2}])
-    block = charts.png_image_content(png)
+    block = png_image_content(png)
     assert block.type == "image" and block.mime_type == "image/png"
     assert base64.b64decode(block.data) == png
 

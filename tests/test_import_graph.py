@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"learning_mcp": ROOT / "learning_mcp", "learning_mcp.server": ROOT / "server",
             "learning_mcp.tools": ROOT / "tools", "learning_mcp.backend": ROOT / "backend"}
-LAZY_ALLOWED = {"torch", "transformers"}
+# heavy libraries, and the optional extras' libraries (imported where used, so the base install works without them)
+LAZY_ALLOWED = {"torch", "transformers", "huggingface_hub", "matplotlib", "math_verify"}
 
 
 def modules() -> dict[str, Path]:

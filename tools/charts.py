@@ -6,7 +6,7 @@ Design
     learning-api.md §3.5) and :func:`loop_chart_png` takes a loop's state (``tools.loop.LoopState`` or its JSON,
     ``<data_dir>/loops/<loop_id>/state.json``). :func:`job_loss_chart` is the one async helper: it reads the points
     through :class:`~learning_mcp.tools.client.LearningClient` (so it works against Synth's API and the embedded
-    backend alike), renders, and optionally writes the PNG atomically. :func:`png_image_content` wraps bytes as MCP
+    backend alike), renders, and optionally writes the PNG atomically. :func:`learning_mcp.server.common.png_image_content` wraps bytes as MCP
     ``ImageContent`` for a tool result.
 
     matplotlib is used through its object API with the Agg canvas (``Figure`` + ``FigureCanvasAgg``), never
@@ -21,13 +21,15 @@ Metric names
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import anyio
+
+from learning_mcp.tools.atomic import write_bytes_atomic
 from learning_mcp.tools.errors import LearningMCPError
 
 TRAIN_LOSS_NAMES = ("train.loss", "loss", "train_loss")
@@ -179,15 +181,11 @@ async def job_loss_chart(client: Any, job_id: str, *, out_path: str | os.PathLik
     With ``out_path`` the PNG is also written there atomically (e.g. :func:`job_chart_path`). Raises what
     ``client.get_metrics`` raises (``LearningAPIError``; a 404 for an unknown job).
     """
-    import anyio
-
     points = await client.get_metrics(job_id, limit=MAX_METRIC_POINTS)
 
     def render() -> bytes:  # ~0.1 s of CPU: off the event loop
         png = loss_chart_png(points, title=f"job {job_id}")
         if out_path is not None:
-            from learning_mcp.tools.atomic import write_bytes_atomic
-
             write_bytes_atomic(out_path, png)
         return png
 
@@ -199,10 +197,3 @@ def job_chart_path(data_dir: str | os.PathLike[str], job_id: str) -> Path:
     if not job_id or "/" in job_id or "\\" in job_id or job_id in (".", ".."):
         raise LearningMCPError("invalid_argument", f"job_id {job_id!r} is not a job id", param="job_id")
     return Path(data_dir) / "jobs" / job_id / JOB_CHART_FILE
-
-
-def png_image_content(png: bytes):
-    """``png`` as an MCP ``ImageContent`` block (base64, ``image/png``) for a tool result's content list."""
-    from mcp.types import ImageContent
-
-    return ImageContent(type="image", data=base64.b64encode(png).decode("ascii"), mime_type="image/png")

@@ -22,6 +22,7 @@ from learning_mcp.tools.client import (FILE_READY, TERMINAL_STATUSES, LearningAP
                                        normalize_status)
 from learning_mcp.tools.dataset import DatasetFileError, validate_jsonl, write_head
 from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.model_checks import preflight
 from learning_mcp.tools.records import Event, Job
 from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
 
@@ -189,7 +190,6 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
     max_images = getattr(plan, "max_images_per_message", None)
     val_path = Path(validation_dataset) if validation_dataset else plan.validation_path
     # images on a text-only model, LoRA target_modules that match nothing: refused before any upload
-    from learning_mcp.tools.model_checks import preflight
 
     await anyio.to_thread.run_sync(lambda: preflight(plan, dataset=plan.dataset_path, validation_dataset=val_path))
     if dry_run:

@@ -38,6 +38,8 @@ from typing import Any
 
 from learning_mcp.tools import models_registry
 from learning_mcp.tools.errors import ToolFailure
+from learning_mcp.tools.lora_rules import ModuleInventory, TargetModulesError, check_target_modules, requested_targets
+from learning_mcp.tools.sft_contract import training_strategy
 
 IMAGE_PART_TYPES = frozenset(("image", "image_url", "input_image"))
 VL_EXAMPLE_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
@@ -234,17 +236,13 @@ def is_vision_language(model: str, target: str) -> bool | None:
 # the create_job preflight
 # ----------------------------------------------------------------------------------------------------------
 def _lora_selected(payload: dict) -> bool:
-    from learning_mcp.backend.trainer import select_strategy  # pure; no torch
-
     metadata = payload.get("metadata") or {}
-    return select_strategy(payload.get("hyperparameters") or {}, metadata.get("effective_config") or {})[0] == "lora"
+    return training_strategy(payload.get("hyperparameters") or {}, metadata.get("effective_config") or {})[0] == "lora"
 
 
 def check_lora_targets(payload: dict, model: str, target: str) -> None:
     """Raise ``ToolFailure("lora_target_modules_invalid")`` when a ``lora_target_modules`` entry matches no
     module of ``model``. Skipped for full fine-tunes, ``all-linear``, and models not readable here."""
-    from learning_mcp.backend.lora import ModuleInventory, TargetModulesError, check_target_modules, requested_targets
-
     hyperparameters = payload.get("hyperparameters") or {}
     if not requested_targets(hyperparameters.get("lora_target_modules")) or not _lora_selected(payload):
         return

@@ -77,6 +77,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import MessageError
+from .mathcheck import MathVerifyMissing, math_equal, require_math_verify
 from .tasks import reference_final_answer
 
 if TYPE_CHECKING:
@@ -443,8 +444,6 @@ class MathVerifier:
         return (span, False) if span else None
 
     def __call__(self, task: Task, completion: str) -> float:
-        from .mathcheck import MathVerifyMissing, math_equal
-
         answers = [reference_final_answer(answer) for answer in _acceptable_answers(task)]
         found = self._answer(completion)
         if found is None:
@@ -684,7 +683,6 @@ def _make_math(options: dict[str, Any]) -> MathVerifier:
     if unknown:
         raise _bad_option(f"unknown option(s) {', '.join(unknown)} for verifier 'math'; it takes none (math-verify "
                           "compares to 6 decimal places)")
-    from .mathcheck import MathVerifyMissing, require_math_verify
 
     try:
         require_math_verify()

@@ -458,3 +458,28 @@ def parse_job_payload(body: Any) -> SFTJobPayload:
         return SFTJobPayload.model_validate(body)
     except ValidationError as exc:
         raise error_from_details(exc.errors(), strip=()) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the training strategy a payload asks for
+# --------------------------------------------------------------------------------------------------------------
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def training_strategy(hyperparameters: Mapping[str, Any] | SFTHyperparameters | None,
+                      effective_config: Mapping[str, Any] | None) -> tuple[str, bool]:
+    """``("full" | "lora", qlora_requested)``: LoRA when any of Synth's signals says so — ``train_kind`` ``peft``/
+    ``lora``/``qlora``, ``[training] mode`` ``lora``/``peft``/``qlora``, ``use_qlora`` (the config builder also turns
+    ``variety = "lora"`` alone into ``train_kind = "peft"``). Raises :class:`ContractError` for invalid
+    hyperparameters. Used by the trainer, the backend's job preflight and ``create_job``'s."""
+    hp = parse_hyperparameters(hyperparameters)
+    training = (effective_config or {}).get("training") or {}
+    train_kind = (hp.train_kind or "").strip().lower()
+    mode = str(training.get("mode") or "").strip().lower()
+    qlora = _flag(training.get("use_qlora")) or _flag(hp.extra("use_qlora")) or train_kind == "qlora"
+    lora = qlora or train_kind in ("peft", "lora") or mode in ("lora", "peft", "qlora")
+    return ("lora" if lora else "full"), qlora
+

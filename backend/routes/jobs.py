@@ -20,9 +20,8 @@ from starlette.responses import StreamingResponse
 from learning_mcp.backend.modelref import ModelRefError, check_loadable
 from learning_mcp.backend.preflight import check_new_job
 from learning_mcp.backend.routes.common import MAX_CURSOR, APIError, not_found, public_job
-from learning_mcp.backend.scheduler import finish_cancelled
 from learning_mcp.backend.state import Backend, BackendDep
-from learning_mcp.backend.store import TERMINAL_STATUSES
+from learning_mcp.backend.store import TERMINAL_STATUSES, finish_cancelled
 from learning_mcp.tools.sft_contract import SFTJobPayload
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
