@@ -201,7 +201,8 @@ def model_for_saving(trainer) -> Any | None:
 
     One process: ``trainer.model``. DDP: rank 0's ``trainer.model`` (the Trainer keeps the unwrapped module
     there). FSDP: the full state dict is gathered (a collective: every rank calls this) and loaded into rank
-    0's unwrapped model. Unexecuted on GPUs here: FSDP is exercised only where a test can run it.
+    0's unwrapped model. FSDP has run on CPU (gloo, 2 ranks) through the backend to a saved model that serves;
+    FSDP and DDP on CUDA (nccl) are unexecuted here (no GPU).
     """
     if world_size() <= 1:
         return trainer.model

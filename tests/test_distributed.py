@@ -93,19 +93,23 @@ def test_two_process_cpu_job_succeeds_and_serves(dist_backend, tiny_model, tmp_p
     assert reply.json()["choices"][0]["message"]["role"] == "assistant"
 
 
-def test_cancel_reaches_every_rank(dist_backend, tiny_model, tmp_path):
+def test_cancel_reaches_every_rank_of_an_fsdp_job(dist_backend, tiny_model, tmp_path):
+    """FSDP (parallelism.fsdp) trains on CPU with gloo too; a cancel stops both ranks at the same step."""
     import psutil
 
     file_id = _upload(dist_backend.api, write_jsonl(tmp_path / "long.jsonl", arithmetic_rows(64, seed=3)))
     job = httpx.post(f"{dist_backend.api}/learning/jobs",
-                     json=_payload(str(tiny_model), file_id, n_epochs=500), timeout=30).json()
+                     json=_payload(str(tiny_model), file_id, n_epochs=500, parallelism={"fsdp": True}), timeout=30).json()
     httpx.post(f"{dist_backend.api}/learning/jobs/{job['id']}/start", timeout=30).raise_for_status()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if any(e["type"] == "sft.progress" for e in _events(dist_backend.api, job["id"])):
             break
         time.sleep(0.3)
-    started = next(e for e in _events(dist_backend.api, job["id"]) if e["type"] == "sft.distributed.started")
+    events = _events(dist_backend.api, job["id"])
+    started = next(e for e in events if e["type"] == "sft.distributed.started")
+    assert started["data"]["strategy"] == "fsdp"
+    assert next(e for e in events if e["type"] == "sft.training.args")["data"]["fsdp"] == "full_shard auto_wrap"
     rank_pids = [r["pid"] for r in started["data"]["ranks"]]
     httpx.post(f"{dist_backend.api}/learning/jobs/{job['id']}/cancel", timeout=30).raise_for_status()
     done = wait_job(dist_backend.api, job["id"], timeout=60)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,6 +107,7 @@ def main() -> int:
     finally:
         stop.set()
         backend.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

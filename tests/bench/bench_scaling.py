@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -69,6 +70,7 @@ def main() -> int:
         print(f"load average: {os.getloadavg()}; cpus: {os.cpu_count()}")
     finally:
         backend.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def main() -> int:
         print(f"load average: {os.getloadavg()}; cpus: {os.cpu_count()}")
     finally:
         backend.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -83,6 +84,7 @@ def main() -> int:
         print(f"load average: {os.getloadavg()}; cpus: {os.cpu_count()}")
     finally:
         backend.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
