@@ -20,6 +20,10 @@ CPU_INDEX=https://download.pytorch.org/whl/cpu
 export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation"
 
 say() { echo "learning-mcp install: $*" >&2; }
+case "$TORCH_CHOICE" in
+  auto | cpu | cuda) ;;
+  *) say "LEARNING_MCP_TORCH must be auto, cpu or cuda, not '$TORCH_CHOICE'"; exit 2 ;;
+esac
 
 pipq() {  # pip, minus this machine's harmless "find-links location is ignored" noise; keeps pip's exit code
   set +o pipefail
@@ -39,13 +43,13 @@ EOF
 }
 
 install_torch() {
-  local want=$1
+  local want=$1 why=$2
   if [ "$want" = cuda ]; then
-    say "torch: PyPI's default build (CUDA) for the GPU found by nvidia-smi"
+    say "torch: PyPI's default build, with CUDA ($why)"
     pipq install -q "torch>=2.4"
     return
   fi
-  say "torch: a CPU-only build (no GPU found; LEARNING_MCP_TORCH=cuda forces the CUDA build)"
+  say "torch: a CPU-only build ($why)"
   # 1. a CPU wheel on this machine's disk (pip's find-links): no download; its dependencies come from the index
   if pipq install -q --no-index --no-deps "torch>=2.4" >/dev/null 2>&1; then
     local version
@@ -72,9 +76,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
-  want=$TORCH_CHOICE
+  want=$TORCH_CHOICE why="LEARNING_MCP_TORCH=$TORCH_CHOICE"
   if [ "$want" = auto ]; then
-    if has_gpu; then want=cuda; else want=cpu; fi
+    if has_gpu; then
+      want=cuda why="nvidia-smi lists a GPU"
+    else
+      want=cpu why="no GPU found; LEARNING_MCP_TORCH=cuda forces the CUDA build"
+    fi
   fi
   have=$(torch_build)
   if [ ! -f .venv/.installed ]; then
@@ -87,7 +95,7 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   started=$(date +%s)
   pipq install -q --upgrade pip
   if [ "$have" = none ]; then
-    install_torch "$want"
+    install_torch "$want" "$why"
   elif [ "$have" != "$want" ]; then
     say "keeping the installed $have build of torch; delete .venv and re-run to switch to the $want build"
   fi
