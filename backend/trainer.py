@@ -158,14 +158,15 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def report_to_setting(hparams: Mapping[str, Any] | None) -> str | list[str]:
+def report_to_setting(hparams: Mapping[str, Any] | SFTHyperparameters | None) -> str | list[str]:
     """``SFTConfig.report_to`` for a job's ``hyperparameters``: ``"none"`` or a list of installed integrations.
 
     Raises the trainer's ``TrainingError`` (``invalid_hyperparameters`` or ``tracking_unavailable``, param
     ``hyperparameters.report_to``) for an unknown name or a package that is not installed.
     """
     try:
-        integrations = parse_report_to((hparams or {}).get("report_to"))
+        raw = hparams.extra("report_to") if isinstance(hparams, SFTHyperparameters) else (hparams or {}).get("report_to")
+        integrations = parse_report_to(raw)
     except ValueError as exc:
         raise TrainingError("invalid_hyperparameters", f"hyperparameters.{exc}", REPORT_TO_PARAM) from None
     missing = missing_packages(integrations)
