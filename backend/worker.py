@@ -98,6 +98,7 @@ def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None)
         models_dir=store.paths.models,
         fine_tuned_model_id=ft_id,
         seed=int((payload.get("hyperparameters") or {}).get("seed", 0) or 0),
+        checkpoint_dir=store.paths.checkpoint_dir(job_id),  # used when hyperparameters.save_steps > 0
     )
     configure_tracking(request.hyperparameters, store.paths.root, job_id)  # [training] report_to: log dirs
     try:
