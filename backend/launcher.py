@@ -228,10 +228,10 @@ def stop_backend(data_dir: Path, *, timeout_s: float = GRACEFUL_SHUTDOWN_S + 15.
     except ProcessLookupError:
         return f"the backend (pid {pid}) exited before it was signalled", True
     started = time.monotonic()
+    from learning_mcp.backend.scheduler import pid_alive  # a zombie (exited, parent not yet reaped) is gone
+
     while time.monotonic() - started < timeout_s:
-        try:
-            os.kill(pid, 0)
-        except OSError:
+        if not pid_alive(pid):
             return f"stopped the backend at {info['url']} (pid {pid}) in {time.monotonic() - started:.1f} s", True
         time.sleep(0.2)
     return (f"sent SIGTERM to the backend (pid {pid}); it is STILL RUNNING after {timeout_s:.0f} s; "

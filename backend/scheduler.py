@@ -52,10 +52,11 @@ class _Running:
     def exit_code(self) -> int | None:
         if self.popen is not None:
             return self.popen.poll()
-        return None if _pid_alive(self.pid) else -1
+        return None if pid_alive(self.pid) else -1
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not yet reaped by its parent, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -74,7 +75,7 @@ def _is_our_worker(pid: int, job_id: str) -> bool:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return _pid_alive(pid)
+        return pid_alive(pid)
     return ("learning_mcp.backend.worker" in cmdline or "learning_mcp.backend.ray_backend" in cmdline) \
         and job_id in cmdline
 
@@ -179,7 +180,7 @@ class Scheduler:
         """After a (re)start: adopt live workers, fail jobs whose worker is gone."""
         for job in self.store.active_jobs():
             pid = job.get("_worker_pid")
-            if pid and _pid_alive(pid) and _is_our_worker(pid, job["id"]):
+            if pid and pid_alive(pid) and _is_our_worker(pid, job["id"]):
                 log.info("adopting running worker pid=%s for job %s", pid, job["id"])
                 self._running[job["id"]] = _Running(job["id"], pid, None)
                 self.store.add_event(job["id"], "sft.worker.alive",

@@ -364,3 +364,54 @@ def test_a_lora_whose_base_path_is_gone_loads_by_its_recorded_hub_id(tmp_path):
     assert resolve_model(str(adapter), tmp_path / "models").base_model == str(snapshot)  # found where recorded
     shutil.rmtree(tmp_path / "cache-a")  # another machine / another HF cache
     assert resolve_model(str(adapter), tmp_path / "models").base_model == "acme/tiny-base"
+
+
+def test_offline_is_detected_once_with_one_quick_probe(tmp_path):
+    """HF_HUB_OFFLINE unset and no network (the endpoint refuses): one probe, then the process is offline."""
+    import subprocess
+    import sys
+
+    code = ("import os, time\n"
+            "from learning_mcp.backend import modelref\n"
+            "t = time.monotonic(); first = modelref.hub_offline(); took = time.monotonic() - t\n"
+            "t = time.monotonic(); again = modelref.hub_offline(); took2 = time.monotonic() - t\n"
+            "import huggingface_hub.constants as c\n"
+            "print(first, again, os.environ.get('HF_HUB_OFFLINE'), c.HF_HUB_OFFLINE, round(took, 2), round(took2, 4))\n")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    first, again, env_value, constant, took, took2 = out.stdout.split()
+    assert (first, again, env_value, constant) == ("True", "True", "1", "True"), out.stderr
+    assert float(took) < 3 and float(took2) < 0.01
+    assert out.stderr.count("running offline") == 1
+
+
+def test_stop_waits_for_the_backend_to_exit_and_a_cancelled_job_leaves_no_partial(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    running = start_backend(tmp_path / "data")
+    try:
+        file_id = _upload(running.api, write_jsonl(tmp_path / "t.jsonl", arithmetic_rows(64, seed=7)))
+        job = httpx.post(f"{running.api}/learning/jobs", json=_payload(str(tiny_model), file_id, n_epochs=2000)).json()
+        httpx.post(f"{running.api}/learning/jobs/{job['id']}/start")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            events = httpx.get(f"{running.api}/learning/jobs/{job['id']}/events").json()["events"]
+            if any(e["type"] == "sft.progress" for e in events):
+                break
+            time.sleep(0.2)
+        httpx.post(f"{running.api}/learning/jobs/{job['id']}/cancel")
+        assert wait_job(running.api, job["id"], timeout=60)["status"] == "cancelled"
+        deadline = time.monotonic() + 10
+        while list((running.data_dir / "models").glob(".*.partial-*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not list((running.data_dir / "models").glob(".*.partial-*"))
+        assert not (running.data_dir / "models" / job["id"]).exists()
+        stop = subprocess.run([sys.executable, "-m", "learning_mcp", "backend", "--stop", "--data-dir",
+                               str(running.data_dir)], capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0 and "stopped the backend" in stop.stderr, stop.stderr
+        assert running.proc.poll() is not None  # it has exited by the time --stop returns
+    finally:
+        if running.proc.poll() is None:
+            running.stop()
