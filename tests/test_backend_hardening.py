@@ -33,6 +33,18 @@ def _upload(api: str, path: Path, headers: dict | None = None) -> str:
     raise AssertionError("file stayed processing")
 
 
+def _first_event(api: str, job_id: str, type_: str, timeout: float = 180) -> dict:
+    """The job's first event of ``type_``, polled every 0.1 s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = httpx.get(f"{api}/learning/jobs/{job_id}/events", params={"limit": 1000}).json()["events"]
+        found = next((e for e in events if e["type"] == type_), None)
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id}: no {type_} event within {timeout:.0f} s")
+
+
 def _payload(model: str, file_id: str, **hp) -> dict:
     return {"model": model, "training_type": "sft_offline", "training_file_id": file_id,
             "hyperparameters": {"n_epochs": 1, "per_device_batch": 8, "learning_rate": 5e-3, **hp},
@@ -323,13 +335,8 @@ def test_a_worker_killed_mid_job_resumes_from_its_last_checkpoint(tmp_path, tiny
         assert job["hyperparameters"]["save_steps"] == 5
         httpx.post(f"{running.api}/learning/jobs/{job['id']}/start")
         events_url = f"{running.api}/learning/jobs/{job['id']}/events"
-        deadline, saved, pid = time.monotonic() + 180, None, None
-        while time.monotonic() < deadline and saved is None:
-            events = httpx.get(events_url, params={"limit": 1000}).json()["events"]
-            pid = next((e["data"]["pid"] for e in events if e["type"] == "sft.running"), pid)
-            saved = next((e["data"]["step"] for e in events if e["type"] == "sft.checkpoint.saved"), None)
-            time.sleep(0.1)
-        assert saved is not None and pid, "no checkpoint was saved"
+        saved = _first_event(running.api, job["id"], "sft.checkpoint.saved")["data"]["step"]
+        pid = _first_event(running.api, job["id"], "sft.running")["data"]["pid"]
         os.kill(pid, 9)
         done = wait_job(running.api, job["id"], timeout=300)
         events = httpx.get(events_url, params={"limit": 1000}).json()["events"]
@@ -395,12 +402,7 @@ def test_stop_waits_for_the_backend_to_exit_and_a_cancelled_job_leaves_no_partia
         file_id = _upload(running.api, write_jsonl(tmp_path / "t.jsonl", arithmetic_rows(64, seed=7)))
         job = httpx.post(f"{running.api}/learning/jobs", json=_payload(str(tiny_model), file_id, n_epochs=2000)).json()
         httpx.post(f"{running.api}/learning/jobs/{job['id']}/start")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            events = httpx.get(f"{running.api}/learning/jobs/{job['id']}/events").json()["events"]
-            if any(e["type"] == "sft.progress" for e in events):
-                break
-            time.sleep(0.2)
+        _first_event(running.api, job["id"], "sft.progress")
         httpx.post(f"{running.api}/learning/jobs/{job['id']}/cancel")
         assert wait_job(running.api, job["id"], timeout=60)["status"] == "cancelled"
         deadline = time.monotonic() + 10
