@@ -16,7 +16,6 @@ process never imports torch except to serve inference.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -30,8 +29,9 @@ from starlette.requests import ClientDisconnect
 
 from learning_mcp import __version__
 from learning_mcp.backend import routes
+from learning_mcp.backend.limits import BodyLimitMiddleware
 from learning_mcp.backend.routes.common import APIError
-from learning_mcp.backend.routes.health import PUBLIC_PATHS
+from learning_mcp.backend.routes.health import PUBLIC_PATHS, has_key
 from learning_mcp.backend.state import Backend
 from learning_mcp.tools.errors import LearningMCPError
 from learning_mcp.tools.settings import Settings
@@ -64,6 +64,7 @@ def create_app(data_dir: str | os.PathLike[str], *, settings: Settings | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        backend.sweep_at_start()  # .part uploads and .partial model folders a kill left behind
         backend.resume_file_validation()
         if run_scheduler:
             backend.scheduler.start()
@@ -82,17 +83,30 @@ def create_app(data_dir: str | os.PathLike[str], *, settings: Settings | None = 
     app.state.shutdown_hooks = []
     _add_error_handlers(app)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path not in PUBLIC_PATHS:
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                return _error("invalid_api_key", "Invalid API key", 401)
-        return await call_next(request)
-
+    if api_key:
+        app.add_middleware(_AuthMiddleware, api_key=api_key)
     routes.mount(app)
+    app.state.api_key = api_key
+    # outermost: body limits while the body streams, before auth or FastAPI read it (backend/limits.py)
+    app.add_middleware(BodyLimitMiddleware, upload_limit=lambda: backend.max_upload_bytes,
+                       request_limit=lambda: backend.settings.max_request_bytes)
     return app
+
+
+class _AuthMiddleware:
+    """Bearer auth on every route but health, as a plain ASGI middleware: Starlette's ``BaseHTTPMiddleware``
+    would wrap ``receive`` so that ``Request.is_disconnected()`` never sees a caller leave (backend/inference.py
+    stops generations nobody waits for)."""
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") not in PUBLIC_PATHS \
+                and not has_key(Request(scope), self.api_key):
+            await _error("invalid_api_key", "Invalid API key", 401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import math
 import threading
@@ -57,7 +58,7 @@ import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from learning_mcp.tools.errors import LearningMCPError
 
@@ -281,6 +282,44 @@ def _tokens_to_stop(tokenizer: Any, tokens: list[int], stops: tuple[str, ...]) -
 # --------------------------------------------------------------------------------------------------
 
 
+DISCONNECT_POLL_S = 0.5
+MAX_PROMPT_CHARS_PER_TOKEN = 16  # a prompt longer than context × this many characters cannot fit: refused untokenised
+
+
+def prompt_chars(request: ChatRequest) -> int:
+    """The characters a request's messages and tools hold (their JSON text), counted without tokenising."""
+    return len(json.dumps(request.messages, ensure_ascii=False, default=str)) + \
+        (len(json.dumps(request.tools, ensure_ascii=False, default=str)) if request.tools else 0)
+
+
+def check_prompt_size(request: ChatRequest, context_size: int | None, model_id: str) -> None:
+    """Refuse (400 ``context_length_exceeded``) a prompt of more than ``context_size`` ×
+    :data:`MAX_PROMPT_CHARS_PER_TOKEN` characters before it is tokenised: no tokenizer yields fewer tokens per
+    character than that on text, and tokenising 1 MB of prompt cost the backend 0.46 GB of memory."""
+    if not context_size:
+        return
+    limit = context_size * MAX_PROMPT_CHARS_PER_TOKEN
+    chars = prompt_chars(request)
+    if chars > limit:
+        raise InferenceError(400, "context_length_exceeded",
+                             f"the prompt is {chars} characters; model {model_id!r} has a context of {context_size} "
+                             f"tokens, so at most {limit} characters are accepted; shorten the messages", "messages")
+
+
+class _AbandonedRows:
+    """A transformers ``StoppingCriteria``: a row stops when the request it belongs to has no caller any more
+    (its future is done: cancelled on disconnect). Reading ``Future.done()`` from the generation thread is a
+    plain attribute read."""
+
+    def __init__(self, owners: list[asyncio.Future]) -> None:
+        self.owners = owners
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.tensor([owner.done() for owner in self.owners], dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class _LoadedModel:
     resolved: ResolvedModel
@@ -320,6 +359,7 @@ class InferenceEngine:
             raise ValueError("max_batch_size and max_loaded_models must be >= 1")
         # the operator's settings (Settings.inference_memory_mb / inference_idle_unload_s), passed by backend/state.py
         memory_budget_mb = 0 if memory_budget_mb is None else memory_budget_mb
+        self.memory_budget_bytes = max(0, int(memory_budget_mb)) * 2**20  # 0: no byte budget
         idle_unload_s = 600.0 if idle_unload_s is None else idle_unload_s
         self.memory_budget_bytes = max(0, int(memory_budget_mb)) * 2**20  # 0: no byte budget
         self.idle_unload_s = max(0.0, float(idle_unload_s))  # 0: never unload idle models
@@ -339,12 +379,18 @@ class InferenceEngine:
         self._closed = False
         self.stats: dict[str, int] = {"generate_calls": 0, "requests": 0, "batched_requests": 0,
                                       "generated_tokens": 0, "prompt_tokens": 0, "max_batch_rows": 0,
-                                      "model_loads": 0, "decode_steps": 0}
+                                      "model_loads": 0, "decode_steps": 0, "abandoned_requests": 0}
 
     # -- public API ---------------------------------------------------------------------------------
 
-    async def chat_completion(self, body: dict) -> dict:
-        """Answer one chat-completions request body with an OpenAI ``chat.completion`` dict."""
+    async def chat_completion(self, body: dict, *,
+                              is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> dict:
+        """Answer one chat-completions request body with an OpenAI ``chat.completion`` dict.
+
+        ``is_disconnected`` (the route passes Starlette's ``Request.is_disconnected``) is polled every
+        :data:`DISCONNECT_POLL_S` while the request waits: once the caller has gone (or the awaiting task is
+        cancelled) the request leaves the queue, and rows of a running batch that nobody waits for stop at the
+        next decode step (:class:`_AbandonedRows`). Raises InferenceError 499 ``client_disconnected`` then."""
         if self._closed:
             raise InferenceError(503, "engine_closed", "the inference engine is shut down")
         request = parse_chat_request(body)
@@ -356,8 +402,27 @@ class InferenceEngine:
         self._queues.setdefault(key, deque()).append(pending)
         if key not in self._flushers:
             self._flushers[key] = asyncio.create_task(self._flush(key))
-        completion: _Completion = await pending.future
+        completion: _Completion = await self._wait(pending.future, is_disconnected)
         return self._response(request, completion)
+
+    async def _wait(self, future: asyncio.Future, is_disconnected: Callable[[], Awaitable[bool]] | None):
+        try:
+            while is_disconnected is not None and not future.done():
+                await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if not future.done() and await is_disconnected():
+                    future.cancel()  # _take_batch skips it; _AbandonedRows stops its rows
+                    self.stats["abandoned_requests"] += 1
+                    raise InferenceError(499, "client_disconnected", "the client disconnected; generation stopped")
+            return await future
+        except asyncio.CancelledError:
+            if not future.done():
+                future.cancel()
+                self.stats["abandoned_requests"] += 1
+            raise
+
+    def queued(self) -> int:
+        """Requests waiting for a batch whose caller still waits."""
+        return sum(1 for queue in list(self._queues.values()) for p in list(queue) if not p.future.done())
 
     def loaded_models(self) -> list[str]:
         """Ids of the models in memory, least recently used first."""
@@ -602,6 +667,7 @@ class InferenceEngine:
         prompts: list[list[int] | None] = []
         for index, pending in enumerate(batch):
             try:
+                check_prompt_size(pending.request, loaded.context_size, model_id)  # before tokenising
                 ids = self._render_prompt(loaded, pending.request)
                 if loaded.context_size and len(ids) >= loaded.context_size:
                     raise InferenceError(400, "context_length_exceeded", f"the prompt is {len(ids)} tokens; "
@@ -631,7 +697,11 @@ class InferenceEngine:
                 torch.manual_seed(sampling.seed % (2**63))
             for start in range(0, len(rows), self.max_batch_size):
                 chunk = rows[start:start + self.max_batch_size]
-                for (i, _), decoded in zip(chunk, self._generate(loaded, sampling, [ids for _, ids in chunk])):
+                owners = [batch[i].future for i, _ in chunk]
+                if all(owner.done() for owner in owners):
+                    continue  # everyone who asked went away
+                for (i, _), decoded in zip(chunk, self._generate(loaded, sampling, [ids for _, ids in chunk],
+                                                                 owners=owners)):
                     texts[i].append(decoded)
 
         for i in live:
@@ -663,8 +733,9 @@ class InferenceEngine:
                                 eos_token_id=loaded.eos_ids, **sampling_kwargs)
 
     def _generate(self, loaded: _LoadedModel, sampling: SamplingParams,
-                  prompts: list[list[int]]) -> list[tuple[str, str, int]]:
-        """One ``generate`` call over left-padded ``prompts``: ``[(text, finish_reason, n_tokens)]``."""
+                  prompts: list[list[int]], owners: list[asyncio.Future] | None = None) -> list[tuple[str, str, int]]:
+        """One ``generate`` call over left-padded ``prompts``: ``[(text, finish_reason, n_tokens)]``.
+        ``owners``: each row's waiting future; a row whose future is done (caller gone) stops decoding."""
         import torch
 
         tokenizer = loaded.tokenizer
@@ -677,7 +748,12 @@ class InferenceEngine:
         max_new = sampling.max_tokens
         if loaded.context_size:
             max_new = max(1, min(max_new, loaded.context_size - width))
-        extra = {"stopping_criteria": _stop_criteria(tokenizer, sampling.stop, width)} if sampling.stop else {}
+        from transformers import StoppingCriteriaList
+
+        criteria = StoppingCriteriaList(_stop_criteria(tokenizer, sampling.stop, width) if sampling.stop else [])
+        if owners is not None:
+            criteria.append(_AbandonedRows(owners))
+        extra = {"stopping_criteria": criteria} if criteria else {}
         output = loaded.model.generate(input_ids=input_ids.to(loaded.device),
                                        attention_mask=attention.to(loaded.device),
                                        generation_config=self._generation_config(loaded, sampling, max_new), **extra)

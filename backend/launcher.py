@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from learning_mcp import __version__
 from learning_mcp.paths import data_dir as resolve_data_dir
 from learning_mcp.tools.atomic import write_text_atomic
-from learning_mcp.tools.settings import Settings
+from learning_mcp.tools.settings import LOCAL_KEY_ENV_VAR, Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,13 @@ def read_backend_file(data_dir: Path) -> dict | None:
         return None
 
 
+GRACEFUL_SHUTDOWN_S = 10
+
+
 def healthy(url: str, timeout: float = 2.0, api_key: str | None = None, data_dir: Path | None = None) -> bool:
     """The backend at ``url`` answers — and, with ``data_dir``, it is the one serving that data directory
     (a stale backend.json may point at a port another backend reuses)."""
+    api_key = api_key or os.environ.get(LOCAL_KEY_ENV_VAR) or None
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         response = httpx.get(f"{url.rstrip('/')}/api/health", timeout=timeout, headers=headers)
@@ -87,7 +91,9 @@ def healthy(url: str, timeout: float = 2.0, api_key: str | None = None, data_dir
         return False
     if response.status_code != 200 or body.get("status") != "ok":
         return False
-    return data_dir is None or Path(body.get("data_dir", "")).resolve() == Path(data_dir).resolve()
+    if data_dir is None or "data_dir" not in body:  # without the key, health says only "ok": alive is all we learn
+        return True
+    return Path(body.get("data_dir", "")).resolve() == Path(data_dir).resolve()
 
 
 def load_settings(env_files: list[str] | tuple[str, ...] = (), **overrides) -> Settings:
@@ -133,7 +139,9 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
     root = resolve_data_dir(data_dir or settings.data_dir)
     app = create_app(root, settings=settings)
     app.state.shutdown_hooks.append(lambda: remove_backend_file(root))
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    # a SIGTERM cancels requests still running after GRACEFUL_SHUTDOWN_S (a long generation never blocks --stop)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = uvicorn.Server(config)
 
     url_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
@@ -200,27 +208,34 @@ def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0,
                                 f"see {logs / 'backend.log'}")
 
 
-def stop_backend(data_dir: Path, *, timeout_s: float = 20.0) -> str:
-    """Stop the backend serving ``data_dir`` (``learning-mcp backend --stop``). Running jobs' workers get SIGTERM
-    from nobody: they finish or are adopted by the next backend start."""
+def stop_backend(data_dir: Path, *, timeout_s: float = GRACEFUL_SHUTDOWN_S + 15.0) -> tuple[str, bool]:
+    """Stop the backend serving ``data_dir`` (``learning-mcp backend --stop``): SIGTERM, then wait up to
+    ``timeout_s`` for the process to exit (the server cancels requests still running after
+    :data:`GRACEFUL_SHUTDOWN_S`). Returns (what was done, True when no backend runs any more); the CLI exits
+    non-zero on False. Running jobs' workers get SIGTERM from nobody: they finish or are adopted by the next
+    backend start."""
     import signal
 
     info = read_backend_file(data_dir)
     if not info or not info.get("pid"):
-        return f"no backend is recorded for {data_dir}"
+        return f"no backend is recorded for {data_dir}", True
     pid = int(info["pid"])
     if not healthy(info["url"], data_dir=data_dir):
         (data_dir / BACKEND_FILE).unlink(missing_ok=True)
-        return f"the backend recorded for {data_dir} (pid {pid}) is not running; removed the stale record"
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return f"stopped the backend at {info['url']} (pid {pid})"
+        return f"the backend recorded for {data_dir} (pid {pid}) is not running; removed the stale record", True
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return f"the backend (pid {pid}) exited before it was signalled", True
+    started = time.monotonic()
+    from learning_mcp.backend.scheduler import pid_alive  # a zombie (exited, parent not yet reaped) is gone
+
+    while time.monotonic() - started < timeout_s:
+        if not pid_alive(pid):
+            return f"stopped the backend at {info['url']} (pid {pid}) in {time.monotonic() - started:.1f} s", True
         time.sleep(0.2)
-    return f"sent SIGTERM to pid {pid}, still running after {timeout_s:.0f}s"
+    return (f"sent SIGTERM to the backend (pid {pid}); it is STILL RUNNING after {timeout_s:.0f} s; "
+            f"run --stop again, or end it with `kill -9 {pid}` (its training workers keep running)"), False
 
 
 def backend_status(data_dir: Path) -> str:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -130,6 +131,37 @@ def _looks_like_path(model_id: str) -> bool:
     )
 
 
+_HF_CACHE_DIR_RE = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
+
+
+def base_provenance(model_id: str, resolved: "ResolvedModel") -> dict[str, str | None]:
+    """Where a training job's base model came from, for the manifest: ``base_model_path`` (the resolved
+    directory, or None for a Hub id) and ``base_model_hub_id`` (the Hub id named, or read from a Hugging Face
+    cache snapshot path ``…/models--org--name/snapshots/<rev>``). With both recorded, a backend whose HF cache
+    lives elsewhere still finds the base (:func:`_findable_base`)."""
+    path = resolved.path if Path(resolved.path).is_dir() else None
+    hub_id = None
+    if path is None and _HUB_ID_RE.match(model_id):
+        hub_id = model_id
+    elif path is not None:
+        match = _HF_CACHE_DIR_RE.search(Path(path).as_posix())
+        hub_id = f"{match.group(1)}/{match.group(2)}" if match else None
+    if resolved.kind != "base":  # a fine-tuned base: its own id is what later backends resolve
+        return {"base_model_path": path, "base_model_hub_id": None}
+    return {"base_model_path": path, "base_model_hub_id": hub_id}
+
+
+def _findable_base(manifest: dict[str, Any]) -> Any:
+    """The manifest's ``base_model``, unless it is a local directory that is gone here and the manifest records
+    the base's Hub id (then that id, which this machine's HF cache or the Hub can serve)."""
+    base_model = manifest.get("base_model")
+    hub_id = manifest.get("base_model_hub_id")
+    if isinstance(base_model, str) and isinstance(hub_id, str) and hub_id and _looks_like_path(base_model) \
+            and not Path(base_model).expanduser().is_dir():
+        return hub_id
+    return base_model
+
+
 def _resolve_manifest_dir(model_id: str, model_dir: Path, manifest: dict[str, Any]) -> ResolvedModel:
     kind = manifest.get("kind")
     if kind not in ("full", "lora"):
@@ -141,7 +173,7 @@ def _resolve_manifest_dir(model_id: str, model_dir: Path, manifest: dict[str, An
     if kind == "full":
         return ResolvedModel(id=model_id, kind="full", path=str(model_dir), base_model=manifest.get("base_model"),
                              tokenizer_path=str(model_dir))
-    base_model = manifest.get("base_model")
+    base_model = _findable_base(manifest)
     if not isinstance(base_model, str) or not base_model:
         raise ModelNotLoadableError(
             "model_not_loadable",
@@ -203,22 +235,90 @@ def resolve_model(model_id: str, models_dir: Path) -> ResolvedModel:
     return ResolvedModel(id=model_id, kind="base", path=model_id, base_model=None, tokenizer_path=model_id)
 
 
+def check_under_roots(model_id: Any, roots: list[Path]) -> None:
+    """For a caller who may not probe the host's file system (:func:`learning_mcp.backend.limits.caller_trusted`):
+    raise :class:`ModelNotLoadableError` when ``model_id`` names a local path outside ``roots`` (the data dir
+    and ``Settings.model_roots``). The message is the same whether or not the path exists, so the answer says
+    nothing about the host. Fine-tuned ``ft:`` ids and Hub ids (org/name) pass."""
+    if not isinstance(model_id, str) or not model_id.strip() or is_fine_tuned_id(model_id.strip()):
+        return
+    model_id = model_id.strip()
+    if not _looks_like_path(model_id) and _HUB_ID_RE.match(model_id):
+        return
+    try:
+        target = Path(model_id).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        target = None
+    for root in roots:
+        try:
+            if target is not None and target.is_relative_to(Path(root).expanduser().resolve()):
+                return
+        except (OSError, RuntimeError, ValueError):
+            continue
+    raise ModelNotLoadableError(
+        "model_not_loadable",
+        f"model {model_id!r}: local model paths are accepted only under this backend's data directory or its "
+        "configured model roots (LEARNING_MCP_MODEL_ROOTS) unless the request carries the backend key; pass a Hub "
+        "id (org/name) or a fine-tuned 'ft:' id from list_models", "model")
+
+
 # --------------------------------------------------------------------------------------------------
 # the job-create gate
 # --------------------------------------------------------------------------------------------------
 
 
 def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as set *now* (huggingface_hub only reads it at import time)."""
+    """``HF_HUB_OFFLINE`` as set *now* (huggingface_hub only reads it at import time); when it is unset, one
+    quick connection probe per process (:func:`detect_offline_once`) decides, so a machine without network
+    never pays the Hub client's retries (53 s for one LoRA load before)."""
     value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     try:
         from huggingface_hub import constants
 
-        return bool(constants.HF_HUB_OFFLINE) and value not in ("0", "false", "no", "off")
+        if bool(constants.HF_HUB_OFFLINE) and value not in ("0", "false", "no", "off"):
+            return True
     except Exception:  # pragma: no cover - huggingface_hub missing
         return False
+    if value in ("0", "false", "no", "off"):
+        return False  # explicitly online: never probe
+    return detect_offline_once()
+
+
+_offline_probe: dict[str, bool] = {}
+_offline_lock = threading.Lock()
+OFFLINE_PROBE_TIMEOUT_S = 2.0
+
+
+def detect_offline_once(timeout_s: float = OFFLINE_PROBE_TIMEOUT_S) -> bool:
+    """True when the Hub endpoint (``HF_ENDPOINT``, default huggingface.co:443) takes no TCP connection within
+    ``timeout_s``. Probed once per process; when offline, ``HF_HUB_OFFLINE=1`` is set for the process (env and
+    ``huggingface_hub.constants``) with one log line, so every later Hub call is local-only at once."""
+    with _offline_lock:
+        if "offline" in _offline_probe:
+            return _offline_probe["offline"]
+        from urllib.parse import urlsplit
+
+        endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        host = endpoint.hostname or "huggingface.co"
+        port = endpoint.port or (443 if endpoint.scheme != "http" else 80)
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            offline = False
+        except OSError as exc:
+            offline = True
+            logger.warning("the Hugging Face Hub (%s:%s) is unreachable (%s); running offline (HF_HUB_OFFLINE=1) "
+                           "for this process", host, port, type(exc).__name__)
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            try:
+                from huggingface_hub import constants
+
+                constants.HF_HUB_OFFLINE = True
+            except Exception:  # pragma: no cover
+                pass
+        _offline_probe["offline"] = offline
+        return offline
 
 
 def _hub_config_cached(repo_id: str) -> bool:

@@ -14,6 +14,14 @@ Failure handling:
 * **backend restart** — :meth:`Scheduler.recover` runs first: a job whose worker is still alive (the worker
   outlives the HTTP server) is adopted and watched; a job whose worker is gone is marked ``failed`` with an
   event that says the backend restarted while it ran.
+* **resume from a checkpoint** — a job with ``hyperparameters.save_steps`` whose worker died (crash or backend
+  restart) and that has a checkpoint on disk is not failed: it goes back to ``queued`` (its place kept) with an
+  ``sft.resuming`` event naming the step, and the next worker resumes there (``sft.resumed``; HF Trainer's
+  ``resume_from_checkpoint``). At most :data:`MAX_RESUMES` times per job, then it fails as above.
+* **never started** — a job created but never started (no ``/start``: e.g. the MCP server died in between)
+  expires after ``start_expiry_s`` (``Settings.job_start_expiry_s``, default 24 h; 0 = never): status
+  ``cancelled``, error code ``job_expired``, events ``sft.expired`` + the cancelled pair.
+* **leftovers** — when a job ends, its ``.partial`` staging folders and checkpoints are removed.
 """
 
 from __future__ import annotations
@@ -44,10 +52,11 @@ class _Running:
     def exit_code(self) -> int | None:
         if self.popen is not None:
             return self.popen.poll()
-        return None if _pid_alive(self.pid) else -1
+        return None if pid_alive(self.pid) else -1
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not yet reaped by its parent, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +75,7 @@ def _is_our_worker(pid: int, job_id: str) -> bool:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return _pid_alive(pid)
+        return pid_alive(pid)
     return ("learning_mcp.backend.worker" in cmdline or "learning_mcp.backend.ray_backend" in cmdline) \
         and job_id in cmdline
 
@@ -87,11 +96,45 @@ def describe_exit(code: int | None) -> str:
 # finish_failed / finish_cancelled live with the store (job-state helpers); re-exported for callers
 
 
+MAX_RESUMES = 3
+
+
+def checkpoint_step(store: Store, job_id: str) -> int | None:
+    """The step of the newest complete checkpoint of ``job_id`` on disk (no torch import), or None."""
+    folder = store.paths.checkpoint_dir(job_id)
+    steps = []
+    for sub in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        tail = sub.name.rsplit("-", 1)[-1]
+        if tail.isdigit() and (sub / "trainer_state.json").is_file():
+            steps.append(int(tail))
+    return max(steps) if steps else None
+
+
+def try_resume(store: Store, job_id: str, why: str) -> bool:
+    """Requeue ``job_id`` to resume from its last checkpoint; False when it has none or resumed too often."""
+    step = checkpoint_step(store, job_id)
+    if step is None or store.count_events(job_id, "sft.resuming") >= MAX_RESUMES:
+        return False
+    return store.requeue(job_id, f"{why}; resuming from the checkpoint at step {step}",
+                         {"step": step, "reason": why})
+
+
+def finish_expired(store: Store, job_id: str, after_s: float) -> None:
+    message = (f"job expired: created but never started within {after_s:g} s "
+               "(LEARNING_MCP_JOB_START_EXPIRY_S); create it again")
+    store.set_job_status(job_id, "cancelled", error={"code": "job_expired", "message": message, "param": None},
+                         events=[("sft.expired", message, {"expiry_s": after_s}, "warning"),
+                                 ("sft.job.cancelled", message, {}, "warning"),
+                                 ("workflow.cancelled", message, {}, "warning")])
+
+
 class Scheduler:
     def __init__(self, store: Store, *, max_concurrent: int = 1, poll_s: float = 0.25, kill_after_s: float = 15.0,
                  file_wait_s: float = 600.0, worker_env: Mapping[str, str] | None = None,
-                 ray_address: str | None = None):
+                 ray_address: str | None = None, start_expiry_s: float = 24 * 3600.0):
         self.store = store
+        self.start_expiry_s = start_expiry_s
+        self._next_expiry_check = 0.0
         self.worker_env = dict(worker_env) if worker_env is not None else None  # None: this process's environment
         # a Ray cluster (Settings.ray_address / LEARNING_MCP_RAY_ADDRESS): jobs run as Ray Train jobs
         self.ray_address = ray_address
@@ -126,7 +169,7 @@ class Scheduler:
         """After a (re)start: adopt live workers, fail jobs whose worker is gone."""
         for job in self.store.active_jobs():
             pid = job.get("_worker_pid")
-            if pid and _pid_alive(pid) and _is_our_worker(pid, job["id"]):
+            if pid and pid_alive(pid) and _is_our_worker(pid, job["id"]):
                 log.info("adopting running worker pid=%s for job %s", pid, job["id"])
                 self._running[job["id"]] = _Running(job["id"], pid, None)
                 self.store.add_event(job["id"], "sft.worker.alive",
@@ -134,6 +177,8 @@ class Scheduler:
                 continue
             if job["status"] == "validating_files" and not pid:
                 continue  # nothing ran yet: the loop picks it up again
+            if try_resume(self.store, job["id"], "the backend restarted while this job ran and its worker is gone"):
+                continue
             finish_failed(
                 self.store, job["id"], "backend_restarted",
                 "The learning backend restarted while this job was running and its worker process is gone; "
@@ -153,6 +198,7 @@ class Scheduler:
     def _tick(self) -> None:
         self._reap()
         self._handle_cancels()
+        self._expire_unstarted()
         while len(self._running) < self.max_concurrent:
             job = self._next_job()
             if job is None:
@@ -217,6 +263,14 @@ class Scheduler:
                              {"pid": popen.pid, "log": str(log_path), **plan.as_event_data(), "launcher": launcher},
                              level="warning" if plan.note else "info")
 
+    def _expire_unstarted(self) -> None:
+        now = time.monotonic()
+        if not self.start_expiry_s or now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + min(30.0, max(0.5, self.start_expiry_s / 4))
+        for job_id in self.store.expire_unstarted_jobs(self.start_expiry_s):
+            finish_expired(self.store, job_id, self.start_expiry_s)
+
     def _handle_cancels(self) -> None:
         for job in self.store.list_jobs(status="queued", limit=1000):
             if job["cancel_requested"]:
@@ -253,11 +307,16 @@ class Scheduler:
                 run.log_file.close()
             job = self.store.get_job(job_id)
             if job is None or job["status"] in {"succeeded", "failed", "cancelled"}:
+                self.store.remove_job_leftovers(job_id)
                 continue
             if job["cancel_requested"]:
                 finish_cancelled(self.store, job_id, "cancelled while training")
+                self.store.remove_job_leftovers(job_id)
                 continue
             how = describe_exit(code) if run.popen is not None else "its process is gone"
+            if try_resume(self.store, job_id, f"the training worker ended unexpectedly ({how})"):
+                continue
+            self.store.remove_job_leftovers(job_id)
             finish_failed(
                 self.store, job_id, "worker_crashed",
                 f"The training worker process ended unexpectedly ({how}) before the job finished. "

@@ -8,13 +8,15 @@ resource's router (:mod:`learning_mcp.backend.routes`) is a plain module.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from learning_mcp.backend.modelref import set_torch_threads
+from learning_mcp.backend.limits import caller_trusted
+from learning_mcp.backend.modelref import check_under_roots, set_torch_threads
 from learning_mcp.backend.scheduler import Scheduler
 from learning_mcp.backend.store import Store
 from learning_mcp.tools.dataset import validate_jsonl
@@ -30,7 +32,8 @@ class Backend:
         self.settings = settings
         self.store = Store(data_dir)
         self.scheduler = Scheduler(self.store, max_concurrent=settings.max_concurrent_jobs,
-                                   worker_env=worker_environment(settings), ray_address=settings.ray_address)
+                                   worker_env=worker_environment(settings), ray_address=settings.ray_address,
+                                   start_expiry_s=settings.job_start_expiry_s)
         self.max_upload_bytes = settings.max_upload_bytes
         set_torch_threads(settings.torch_threads)
         self._engine = None
@@ -46,6 +49,10 @@ class Backend:
                                                memory_budget_mb=self.settings.inference_memory_mb,
                                                idle_unload_s=self.settings.inference_idle_unload_s)
             return self._engine
+
+    def engine_if_created(self):
+        """The inference engine if a request created it, else None (never imports torch)."""
+        return self._engine
 
     def validate_file_async(self, record: dict) -> None:
         threading.Thread(target=self._validate_file, args=(record,), daemon=True,
@@ -66,6 +73,23 @@ class Backend:
     def resume_file_validation(self) -> None:
         for record in self.store.files_in_processing():
             self.validate_file_async(record)
+
+    def model_roots(self) -> list[Path]:
+        """Where a caller without the key may point a local model path: the data dir and Settings.model_roots."""
+        extra = [Path(p) for p in self.settings.model_roots.split(os.pathsep) if p.strip()]
+        return [self.store.paths.root, *extra]
+
+    def guard_model(self, model: object, request: Request) -> None:
+        """Refuse (ModelNotLoadableError, 400) a local model path outside :meth:`model_roots` from a caller who
+        is not trusted (backend/limits.py: the key, or loopback when no key is configured)."""
+        key_configured = bool(getattr(request.app.state, "api_key", None))
+        client = request.client.host if request.client else None
+        if not caller_trusted(client, key_configured=key_configured):
+            check_under_roots(model, self.model_roots())
+
+    def sweep_at_start(self) -> None:
+        """Remove what a kill left behind: ``.part`` uploads and ``.partial`` model folders of jobs not running."""
+        self.store.sweep_leftovers()
 
     def close(self) -> None:
         self.scheduler.stop()

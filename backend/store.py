@@ -144,6 +144,14 @@ class StorePaths:
     def model_dir(self, job_id: str) -> Path:
         return self.models / job_id
 
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """Training checkpoints of a job with ``save_steps`` (``checkpoint-<step>/``), removed when it ends."""
+        return self.models / ".checkpoints" / job_id
+
+    def partial_dirs(self, job_id: str) -> list[Path]:
+        """The trainer's staging folders for ``job_id`` (``.<job_id>.partial-<hex>``)."""
+        return sorted(self.models.glob(f".{job_id}.partial-*"))
+
 
 class Store:
     """Thread-safe access to the backend database. One connection per thread."""
@@ -187,6 +195,50 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    # -- leftovers -----------------------------------------------------------------------------------
+    def sweep_leftovers(self) -> dict[str, int]:
+        """At start-up: remove ``.part`` uploads (a kill during an upload), and the ``.partial`` staging folders
+        and checkpoints of jobs that are not active. Returns counts for the log."""
+        import shutil
+
+        counts = {"part_files": 0, "partial_dirs": 0, "checkpoint_dirs": 0}
+        for part in self.paths.incoming.glob("*.part"):
+            part.unlink(missing_ok=True)
+            counts["part_files"] += 1
+        for folder in self.paths.models.glob(".*.partial-*"):
+            job = self.get_job(folder.name[1:].split(".partial-", 1)[0])
+            if job is None or job["status"] not in ACTIVE_STATUSES:
+                shutil.rmtree(folder, ignore_errors=True)
+                counts["partial_dirs"] += 1
+        checkpoints = self.paths.models / ".checkpoints"
+        for folder in checkpoints.glob("*") if checkpoints.is_dir() else ():
+            job = self.get_job(folder.name)
+            if job is None or job["status"] in TERMINAL_STATUSES:
+                shutil.rmtree(folder, ignore_errors=True)
+                counts["checkpoint_dirs"] += 1
+        return counts
+
+    def remove_job_leftovers(self, job_id: str) -> None:
+        """Remove a finished job's staging folders and checkpoints."""
+        import shutil
+
+        for folder in [*self.paths.partial_dirs(job_id), self.paths.checkpoint_dir(job_id)]:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def expire_unstarted_jobs(self, older_than_s: float) -> list[str]:
+        """Ids of queued jobs never started (no ``/start``) created more than ``older_than_s`` seconds ago."""
+        rows = self._query("SELECT id FROM jobs WHERE status = 'queued' AND start_requested_at IS NULL "
+                           "AND created_at < ?", (time.time() - older_than_s,))
+        return [r["id"] for r in rows]
+
+    def requeue(self, job_id: str, message: str, data: dict) -> bool:
+        """Put a job whose worker died back in the queue (it keeps its place: start time unchanged), with an
+        ``sft.resuming`` event in the same transaction. False if the job already ended."""
+        return self.set_job_status(job_id, "queued", events=[("sft.resuming", message, data, "warning")])
+
+    def count_events(self, job_id: str, type: str) -> int:
+        return self._query("SELECT COUNT(*) FROM events WHERE job_id = ? AND type = ?", (job_id, type))[0][0]
 
     # -- files ---------------------------------------------------------------------------------------
     def get_file_by_sha(self, sha256: str) -> dict | None:

@@ -76,6 +76,7 @@ from .modelref import (
     load_model_weights,
     load_tokenizer,
     pick_device_and_dtype,
+    base_provenance,
     progress_bars_disabled,
     resolve_model,
     write_manifest,
@@ -87,6 +88,7 @@ from .tracking import INSTALL_HINTS, missing_packages
 logger = logging.getLogger(__name__)
 
 DEFAULT_LR_FULL = 2e-5
+DEFAULT_CHECKPOINTS_KEPT = 2  # save_total_limit when save_steps is set
 DEFAULT_LR_LORA = 2e-4
 DEFAULT_MAX_PER_DEVICE_BATCH = 8
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -110,6 +112,9 @@ class TrainRequest:
     models_dir: Path  # for resolving ft: base models
     fine_tuned_model_id: str  # the id written into the manifest
     seed: int = 0
+    # where checkpoints go when hyperparameters.save_steps > 0 (stable across worker restarts, so a re-run of the
+    # same job resumes from the last one); None: no checkpoints
+    checkpoint_dir: Path | None = None
 
 
 class Reporter(Protocol):
@@ -510,6 +515,11 @@ def _make_callback(reporter: Reporter, *, keep_best: bool):
         def on_prediction_step(self, args, state, control, **kwargs):
             self._check_stop()
 
+        def on_save(self, args, state, control, **kwargs):
+            step = int(state.global_step)
+            reporter.event("sft.checkpoint.saved", f"checkpoint saved at step {step}",
+                           {"step": step, "checkpoint": f"{args.output_dir}/checkpoint-{step}"})
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "loss" not in logs:
@@ -594,6 +604,30 @@ def _move_into_place(staging: Path, output_dir: Path) -> None:
             shutil.rmtree(target)
         os.replace(entry, target)
     staging.rmdir()
+
+
+def apply_checkpointing(sft_kwargs: dict[str, Any], hparams: dict, checkpoint_dir: Path | None) -> None:
+    """With ``hyperparameters.save_steps`` > 0 and a ``checkpoint_dir``: HF Trainer saves a checkpoint every
+    ``save_steps`` optimizer steps into ``checkpoint_dir`` (``checkpoint-<step>/``, model + optimizer + scheduler +
+    RNG state) and keeps the newest ``save_total_limit`` (default 2). Otherwise nothing is saved until the end."""
+    save_steps = hparams.get("save_steps")
+    if not checkpoint_dir or not isinstance(save_steps, int) or isinstance(save_steps, bool) or save_steps <= 0:
+        return
+    keep = hparams.get("save_total_limit")
+    sft_kwargs.update(output_dir=str(checkpoint_dir), save_strategy="steps", save_steps=save_steps,
+                      save_total_limit=keep if isinstance(keep, int) and keep >= 1 else DEFAULT_CHECKPOINTS_KEPT)
+
+
+def last_checkpoint(checkpoint_dir: Path | None) -> tuple[Path, int] | None:
+    """The newest complete ``checkpoint-<step>`` folder under ``checkpoint_dir`` and its step, or None."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(checkpoint_dir))
+    if not found or not (Path(found) / "trainer_state.json").is_file():
+        return None
+    return Path(found), int(Path(found).name.rsplit("-", 1)[1])
 
 
 def _max_position_embeddings(resolved: ResolvedModel, models_dir: Path) -> int | None:
@@ -724,6 +758,7 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
                                   has_eval=val_data is not None, output_dir=staging / "trainer", seed=req.seed,
                                   model_max_length=model_max_length, bf16_supported=bf16_supported)
     sft_kwargs = scale_for_world(sft_kwargs, hparams, world_size())  # several processes: same global batch
+    apply_checkpointing(sft_kwargs, hparams, req.checkpoint_dir)
     if vl:  # batch clamped to 1 as Synth does, TRL's assistant-only loss; the notes go into the event below
         notes += vl.adjust_sft_kwargs(sft_kwargs)
     keep_best = val_data is not None and _truthy(hparams.get("save_best_model_at_end"))
@@ -827,10 +862,14 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
             "total_steps": total_steps, "examples": len(train_data.examples), "skipped": train_data.skipped,
             "strategy": strategy, "device": device})
 
+        resume = last_checkpoint(req.checkpoint_dir) if sft_kwargs.get("save_strategy") == "steps" else None
+        if resume is not None:
+            reporter.event("sft.resumed", f"resuming from the checkpoint at step {resume[1]}",
+                           {"step": resume[1], "checkpoint": str(resume[0])})
         train_started = time.perf_counter()
         try:
             with cpu_threads_for(model, device):
-                output = trainer.train()
+                output = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
                 if val_data is not None and callback.last_eval_step != trainer.state.global_step:
                     trainer.evaluate()
         except _CancelRequested:
@@ -857,6 +896,7 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
         save_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         base_model = resolved.path if resolved.kind == "base" and Path(resolved.path).is_dir() else req.model
+        provenance = base_provenance(req.model, resolved)  # where the base came from: path and Hub id
         result = TrainResult(
             output_dir=req.output_dir, steps=steps, train_loss=callback.last_loss, val_loss=val_loss,
             train_tokens=train_tokens, skipped_examples=train_data.skipped,
@@ -866,7 +906,7 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
             tokens_per_second=train_tokens / train_seconds if train_seconds > 0 else None,
         )
         write_manifest(staging, {
-            "id": req.fine_tuned_model_id, "object": "model", "kind": kind, "base_model": base_model,
+            "id": req.fine_tuned_model_id, "object": "model", "kind": kind, "base_model": base_model, **provenance,
             "job_id": req.job_id, "created_at": int(time.time()), "strategy": strategy,
             "training": {"steps": steps, "train_loss": result.train_loss, "val_loss": val_loss,
                          "best_step": callback.best_step if restored else None,

@@ -97,18 +97,21 @@ def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None)
         models_dir=store.paths.models,
         fine_tuned_model_id=ft_id,
         seed=int((payload.get("hyperparameters") or {}).get("seed", 0) or 0),
+        checkpoint_dir=store.paths.checkpoint_dir(job_id),  # used when hyperparameters.save_steps > 0
     )
     configure_tracking(request.hyperparameters, store.paths.root, job_id)  # [training] report_to: log dirs
     try:
         result = run_training(request, reporter)
     except TrainingCancelled:
         if primary:
+            store.remove_job_leftovers(job_id)  # checkpoints serve no one once the job ends
             finish_cancelled(store, job_id, "cancelled while training")
         return 0
     except TrainingError as exc:
         code, message = peer_failure(reporter, exc.code, exc.message)
         if not primary and code == exc.code:  # every rank raises the same error; rank 0 records it
             return 1
+        store.remove_job_leftovers(job_id)
         finish_failed(store, job_id, code, message, data={"param": exc.param, "failure_kind": "training"})
         return 1
     except Exception as exc:  # anything else is a bug or an environment problem: record it, never hide it
@@ -123,6 +126,7 @@ def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None)
         return 0
     if not primary:
         return 0
+    store.remove_job_leftovers(job_id)
     data = {"fine_tuned_model": ft_id, "steps": result.steps, "train_loss": result.train_loss,
             "val_loss": result.val_loss, "train_tokens": result.train_tokens, "seconds": round(result.seconds, 3),
             "skipped_examples": result.skipped_examples}

@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = args.backend_data_dir or settings.data_dir
         if args.stop or args.status:
             root = resolve_data_dir(data_dir)
-            sys.stderr.write((stop_backend(root) if args.stop else backend_status(root)) + "\n")
+            if args.stop:  # non-zero when the backend is still running after the bounded wait
+                message, stopped = stop_backend(root)
+                sys.stderr.write(message + "\n")
+                return 0 if stopped else 1
+            sys.stderr.write(backend_status(root) + "\n")
             return 0
         if args.api_key:
             settings = settings.model_copy(update={"backend_key": SecretStr(args.api_key)})

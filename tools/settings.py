@@ -214,6 +214,15 @@ class Settings(BaseSettings):
         "inference_memory_mb", "LEARNING_MCP_INFERENCE_MEMORY_MB"))
     inference_idle_unload_s: float = Field(600.0, ge=0, validation_alias=AliasChoices(
         "inference_idle_unload_s", "LEARNING_MCP_INFERENCE_IDLE_UNLOAD_S"))
+    # the embedded backend's limits and sweeps (backend/limits.py, backend/scheduler.py): JSON request bodies over
+    # max_request_bytes are refused (413) before parsing; a job created but never started expires (cancelled,
+    # error code job_expired, event sft.expired) after job_start_expiry_s (0 = never)
+    max_request_bytes: int = Field(8 * 1024 * 1024, gt=0, validation_alias=AliasChoices(
+        "max_request_bytes", "LEARNING_MCP_MAX_REQUEST_BYTES"))
+    job_start_expiry_s: float = Field(24 * 3600.0, ge=0, validation_alias=AliasChoices(
+        "job_start_expiry_s", "LEARNING_MCP_JOB_START_EXPIRY_S"))
+    # local model directories a caller without the key may name (os.pathsep-separated; the data dir always counts)
+    model_roots: str = Field("", validation_alias=AliasChoices("model_roots", "LEARNING_MCP_MODEL_ROOTS"))
     env_files: tuple[str, ...] = ()
     environ: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 

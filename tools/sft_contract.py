@@ -25,7 +25,7 @@ Sources of the limits
     positive integers, ``learning_rate`` > 0, ``warmup_ratio`` in [0, 1], ``weight_decay`` >= 0, ``train_kind`` a
     string, at least one step key. The trainer (TRL ``SFTConfig`` / PEFT ``LoraConfig``): ``sequence_length`` /
     ``max_length`` >= :data:`MIN_SEQUENCE_LENGTH`, ``lora_dropout`` in [0, 1), ``lora_alpha`` > 0, ``lora_rank``
-    >= 1, ``warmup_steps`` / ``eval_steps`` >= 0, ``max_grad_norm`` >= 0, ``lr_scheduler_type`` one of
+    >= 1, ``warmup_steps`` / ``eval_steps`` / ``save_steps`` >= 0, ``save_total_limit`` >= 1, ``max_grad_norm`` >= 0, ``lr_scheduler_type`` one of
     :data:`LR_SCHEDULERS` (the transformers schedules that need no extra arguments), ``evaluation_strategy`` one of
     :data:`EVALUATION_STRATEGIES`, ``seed`` in [0, 2**32) (NumPy's seed range, used by ``set_seed``),
     ``parallelism`` and ``metadata.effective_config.training[.validation]`` objects.
@@ -128,6 +128,8 @@ NUMBER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
     "warmup_steps": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
     "eval_steps": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
+    "save_steps": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0 = no checkpoints)"),
+    "save_total_limit": (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1"),
     "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"must be an integer from 0 to {MAX_SEED}"),
 }
 
@@ -179,6 +181,9 @@ class SFTHyperparameters(_Open):
     evaluation_strategy: str | None = Field(None, description=f"one of {', '.join(EVALUATION_STRATEGIES)}")
     eval_steps: int | None = Field(None, description="evaluate every N steps; 0 = every epoch (>= 0)")
     seed: int | None = Field(None, description=f"random seed, 0..{MAX_SEED}")
+    save_steps: int | None = Field(None, description="save a checkpoint every N optimizer steps (HF Trainer's "
+                                   "save_steps; 0 or absent = none); a job whose worker dies resumes from the last one")
+    save_total_limit: int | None = Field(None, description="checkpoints kept on disk, newest first (>= 1; default 2)")
     parallelism: dict[str, Any] | None = Field(None, description="bf16, fp16, activation_checkpointing, …")
     lora_rank: int | None = Field(None, description="LoRA rank r (> 0)")
     lora_r: int | None = Field(None, description="alias of lora_rank (> 0)")

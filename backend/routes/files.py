@@ -13,7 +13,7 @@ import os
 import uuid
 from pathlib import Path
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from learning_mcp.backend.routes.common import APIError, not_found, public_job
 from learning_mcp.backend.state import BackendDep
@@ -31,12 +31,9 @@ def _too_large(limit: int, size: int) -> APIError:
 
 
 @router.post("")
-def upload_file(request: Request, backend: BackendDep, file: UploadFile = File(...),
+def upload_file(backend: BackendDep, file: UploadFile = File(...),
                 purpose: str = Form("fine-tune")) -> dict:
-    store, limit = backend.store, backend.max_upload_bytes
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit + CHUNK:
-        raise _too_large(limit, int(length))
+    store, limit = backend.store, backend.max_upload_bytes  # the body was bounded while it streamed (limits.py)
     if purpose not in PURPOSES:
         raise APIError(400, "invalid_purpose", f"purpose {purpose!r} is not supported; use 'fine-tune'",
                        param="purpose")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from learning_mcp.backend.state import BackendDep
@@ -48,8 +48,10 @@ class ChatCompletionRequest(BaseModel):
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: ChatCompletionRequest, backend: BackendDep) -> dict:
+async def chat_completions(request: ChatCompletionRequest, backend: BackendDep, raw: Request) -> dict:
     body = {name: getattr(request, name) for name in request.model_fields_set}
     body.update(request.model_extra or {})
+    backend.guard_model(body.get("model"), raw)  # local paths outside the data dir: only with the key
     engine = await anyio.to_thread.run_sync(backend.engine)
-    return await engine.chat_completion(body)
+    # a caller that disconnects (or times out) leaves the queue and its rows stop decoding
+    return await engine.chat_completion(body, is_disconnected=raw.is_disconnected)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Query, Request
 from starlette.responses import StreamingResponse
 
 from learning_mcp.backend.modelref import ModelRefError, check_loadable
@@ -52,15 +52,16 @@ def _check_files(backend: Backend, spec: SFTJobPayload) -> None:
                            param=param)
 
 
-def _check_model(backend: Backend, model: str) -> None:
+def _check_model(backend: Backend, model: str, request: Request) -> None:
     try:
+        backend.guard_model(model, request)  # local paths outside the data dir: only with the key (limits.py)
         check_loadable(model, backend.store.paths.models)
     except ModelRefError as exc:
         raise APIError(400, "model_not_loadable", exc.message, param="model") from None
 
 
 @router.post("")
-def create_job(spec: Annotated[SFTJobPayload, Body()], backend: BackendDep,
+def create_job(spec: Annotated[SFTJobPayload, Body()], backend: BackendDep, request: Request,
                idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> dict:
     """Create a queued SFT job (start it with ``POST /jobs/{job_id}/start``); the same ``Idempotency-Key`` returns
     the job created first. Errors: 400 naming the field (contract, unknown or invalid file, model not loadable),
@@ -69,7 +70,7 @@ def create_job(spec: Annotated[SFTJobPayload, Body()], backend: BackendDep,
     if idempotency_key and (existing := store.get_job_by_idempotency_key(idempotency_key)) is not None:
         return public_job(existing)
     _check_files(backend, spec)
-    _check_model(backend, spec.model)
+    _check_model(backend, spec.model, request)
     check_new_job(spec, store)  # images on a text-only model, LoRA target_modules (backend/preflight.py)
     job, created = store.create_job(payload=spec.body, model=spec.model, training_type=spec.training_type,
                                     training_file_id=spec.training_file_id,
