@@ -94,7 +94,7 @@ def register_loop_tools(server: MCPServer) -> None:
             state = await mgr.wait(loop_id, wait_seconds, ctx) if wait_seconds else mgr.read(loop_id)
             status = loop_status(state, mgr.loop_dir(loop_id))
             if include_samples:
-                status.samples = await anyio.to_thread.run_sync(
+                status.completions = await anyio.to_thread.run_sync(
                     lambda: loop_samples(state, mgr.loop_dir(loop_id), include_samples))
             png = None
             if chart:

@@ -41,8 +41,9 @@ class EvalStatusResult(BaseModel):
     error: str | None = None
     traces_db: str
     next_step: str
-    samples: list[dict[str, Any]] | None = Field(None, description="with include_samples=k: up to k completions "
-                                                                   "per problem, correct and incorrect mixed")
+    completions: list[dict[str, Any]] | None = Field(None, description="with include_samples=k: up to k "
+                                                                       "completions per problem, correct and "
+                                                                       "incorrect mixed")
 
 
 MAX_SAMPLE_PROBLEMS = 20
@@ -178,7 +179,7 @@ async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, spl
             with TraceStore(runs.traces_db) as store:
                 return sample_completions(store, run_id=run.eval_id, iteration=0, phase="eval", k=include_samples)
 
-        out.samples = await anyio.to_thread.run_sync(read)
+        out.completions = await anyio.to_thread.run_sync(read)
     text = (f"eval {run.eval_id} of {run.model}: {run.state}" +
             (f", pass@1 {out.pass_at_1:.3f}, pass@n {out.pass_at_n:.3f} on {out.problems} problems "
              f"({out.samples} samples)"

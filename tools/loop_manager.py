@@ -78,9 +78,9 @@ class LoopStatusResult(BaseModel):
                                                              "file | default (why)")
     warnings: list[str] = Field(default_factory=list, description="defaults used, a verifier that scores nothing")
     chart_path: str | None = Field(None, description="per-iteration chart PNG next to the loop state")
-    samples: list[dict[str, Any]] | None = Field(None, description="with include_samples=k: up to k completions "
-                                                                   "per problem (correct and incorrect) of the "
-                                                                   "latest validation eval")
+    completions: list[dict[str, Any]] | None = Field(None, description="with include_samples=k: up to k "
+                                                                       "completions per problem (correct and "
+                                                                       "incorrect) of the latest validation eval")
 
 
 class LoopListResult(BaseModel):
