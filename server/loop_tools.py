@@ -17,8 +17,10 @@ from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.server.common import CANCELS, READ_ONLY_LOCAL, STARTS_WORK, result, state_of, tool_errors
 from learning_mcp.tools.eval_runs import EvalStatusResult, eval_call
 from learning_mcp.tools.filter_run import FilterResult, filter_traces_call
-from learning_mcp.tools.loop import loop_config_from, preflight
-from learning_mcp.tools.loop_manager import LoopListResult, LoopManager, LoopStatusResult, format_table, loop_status
+from learning_mcp.tools.loop import (LOOP_CHART_FILE, default_warnings, loop_config_with_sources, preflight,
+                                     preflight_model)
+from learning_mcp.tools.loop_manager import (LoopListResult, LoopManager, LoopStatusResult, format_table, loop_chart,
+                                             loop_samples, loop_status)
 
 
 def register_loop_tools(server: MCPServer) -> None:
@@ -32,13 +34,18 @@ def register_loop_tools(server: MCPServer) -> None:
                                                         "tables plus Synth's SFT sections for the M-step")] = None,
         base_model: Annotated[str | None, Field(description="model to improve (base id, local path or ft: id)")] = None,
         tasks: Annotated[str | None, Field(description="JSONL of problems: id, messages|prompt, answer, split?")] = None,
-        verifier: Annotated[str | None, Field(description="exact | numeric | boxed | answer | module:function")] = None,
+        verifier: Annotated[str | None, Field(description="exact | numeric | boxed | answer | math | "
+                                                          "module:function")] = None,
         iterations: Annotated[int | None, Field(ge=1, le=50)] = None,
         n: Annotated[int | None, Field(ge=1, le=128, description="samples per train problem (paper: 32)")] = None,
         temperature: Annotated[float | None, Field(ge=0, le=2)] = None,
         max_per_problem: Annotated[int | None, Field(ge=1, description="keep at most K correct per problem")] = None,
         reset_to_base: Annotated[bool | None, Field(description="train every iteration from the base model")] = None,
         hyperparameters: Annotated[dict[str, Any] | None, Field(description="SFT hyperparameter overrides")] = None,
+        seed: Annotated[int | None, Field(description="fixes the split, the sampling and the training")] = None,
+        sample_from: Annotated[str | None, Field(description="latest | best: the model that samples next")] = None,
+        chat_template_kwargs: Annotated[dict[str, Any] | None, Field(
+            description="passed to the chat template when sampling, e.g. {\"enable_thinking\": false}")] = None,
         wait_seconds: Annotated[float, Field(ge=0, le=50, description="wait this long before returning")] = 20,
     ) -> Annotated[CallToolResult, LoopStatusResult]:
         """Start ReST-EM self-training: eval the model on the train problems (n samples each), keep the samples
@@ -48,16 +55,22 @@ def register_loop_tools(server: MCPServer) -> None:
         within wait_seconds, with progress; the loop runs on in the background and survives server restarts.
         Poll get_loop_status(loop_id) for the per-iteration table and the best model; stop it with cancel_loop.
         Do not start a second loop for the same task while one is running. Arguments override the TOML;
-        resource learning://config/loop-example shows every setting and the task-file format.
+        resource learning://config/loop-example shows every setting and the task-file format. The result's
+        `config` is every setting with its source (argument | file | default); `warnings` names defaults used.
+        Refused before any sampling: a bad task file (every bad line listed), a bad verifier or SFT config, a
+        base_model the sampling endpoint cannot load ([model_not_loadable]).
         """
         with tool_errors("starting the loop"):
-            cfg = loop_config_from(config, {
+            cfg, resolved = loop_config_with_sources(config, {
                 "base_model": base_model, "tasks": tasks, "verifier": verifier, "iterations": iterations, "n": n,
                 "temperature": temperature, "max_per_problem": max_per_problem, "reset_to_base": reset_to_base,
-                "hyperparameters": hyperparameters})
+                "hyperparameters": hyperparameters, "seed": seed, "sample_from": sample_from,
+                "chat_template_kwargs": chat_template_kwargs})
             api = await state_of(ctx).client()
-            await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target, state_of(ctx).settings.environ))
-            state = await manager(ctx).start(cfg)
+            environ = state_of(ctx).settings.environ
+            await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target, environ))
+            await preflight_model(cfg, api.target, environ)
+            state = await manager(ctx).start(cfg, resolved=resolved, warnings=default_warnings(resolved))
             state = await manager(ctx).wait(state.loop_id, wait_seconds, ctx)
         status = loop_status(state, manager(ctx).loop_dir(state.loop_id))
         return result(status, f"loop {state.loop_id}: {state.state} — {state.message}")
@@ -67,14 +80,32 @@ def register_loop_tools(server: MCPServer) -> None:
         ctx: Context,
         loop_id: Annotated[str, Field(description="loop_id returned by run_sft_loop")],
         wait_seconds: Annotated[float, Field(ge=0, le=50, description="wait up to this long for the end")] = 0,
+        chart: Annotated[bool, Field(description="also return the per-iteration chart (validation pass@1, "
+                                                 "train pass@n, kept, train loss) as a PNG image")] = False,
+        include_samples: Annotated[int, Field(ge=0, le=10, description="return up to this many completions per "
+                                                                       "problem (correct and incorrect) of the "
+                                                                       "latest validation eval")] = 0,
     ) -> Annotated[CallToolResult, LoopStatusResult]:
-        """The loop's state, per-iteration table (samples, problems solved, kept, job_id, final train loss,
-        validation pass@1) and the best model so far. Read-only; loop state is kept on disk indefinitely."""
+        """The loop's state, per-iteration table (samples, problems solved, kept, truncated samples dropped,
+        job_id, final train loss, validation pass@1), the best model so far, and the resolved config with the
+        source of every value. Read-only; loop state is kept on disk indefinitely."""
         with tool_errors(f"reading loop {loop_id}"):
             mgr = manager(ctx)
             state = await mgr.wait(loop_id, wait_seconds, ctx) if wait_seconds else mgr.read(loop_id)
-        status = loop_status(state, mgr.loop_dir(loop_id))
-        return result(status, f"loop {loop_id}: {state.state} — {state.message}\n{format_table(status)}")
+            status = loop_status(state, mgr.loop_dir(loop_id))
+            if include_samples:
+                status.completions = await anyio.to_thread.run_sync(
+                    lambda: loop_samples(state, mgr.loop_dir(loop_id), include_samples))
+            png = None
+            if chart:
+                from learning_mcp.tools import charts
+
+                png = await anyio.to_thread.run_sync(lambda: loop_chart(state, mgr.loop_dir(loop_id)))
+                status.chart_path = str(mgr.loop_dir(loop_id) / LOOP_CHART_FILE)
+        out = result(status, f"loop {loop_id}: {state.state} — {state.message}\n{format_table(status)}")
+        if png is not None:
+            out.content.append(charts.png_image_content(png))
+        return out
 
     @server.tool(title="Cancel a loop", annotations=CANCELS)
     async def cancel_loop(
@@ -105,7 +136,8 @@ def register_loop_tools(server: MCPServer) -> None:
         top_k: Annotated[int | None, Field(ge=1)] = None,
         top_p: Annotated[float, Field(gt=0, le=1)] = 1.0,
         max_tokens: Annotated[int, Field(ge=1, le=8192)] = 64,
-        verifier: Annotated[str, Field(description="exact | numeric | boxed | answer | module:function")] = "exact",
+        verifier: Annotated[str, Field(description="exact | numeric | boxed | answer | math | "
+                                                   "module:function")] = "exact",
         chat_url: Annotated[str | None, Field(description="OpenAI-compatible endpoint (default: the learning "
                                                           "API's inference endpoint)")] = None,
         max_problems: Annotated[int | None, Field(ge=1)] = None,
@@ -114,6 +146,10 @@ def register_loop_tools(server: MCPServer) -> None:
         split_seed: Annotated[int, Field(description="as the loop's split_seed")] = 0,
         eval_id: Annotated[str | None, Field(description="check on an eval started earlier instead")] = None,
         wait_seconds: Annotated[float, Field(ge=0, le=50)] = 40,
+        include_samples: Annotated[int, Field(ge=0, le=10, description="return up to this many completions per "
+                                                                       "problem, correct and incorrect")] = 0,
+        chat_template_kwargs: Annotated[dict[str, Any] | None, Field(
+            description="passed to the chat template, e.g. {\"enable_thinking\": false}")] = None,
     ) -> Annotated[CallToolResult, EvalStatusResult]:
         """Sample a model on a task set and score every sample with a binary verifier: pass@1 and pass@n.
 
@@ -125,7 +161,7 @@ def register_loop_tools(server: MCPServer) -> None:
                 state_of(ctx).evals, model=model, tasks=tasks, split=split, n=n, temperature=temperature,
                 top_k=top_k, top_p=top_p, max_tokens=max_tokens, verifier=verifier, chat_url=chat_url,
                 max_problems=max_problems, val_fraction=val_fraction, split_seed=split_seed, eval_id=eval_id,
-                wait_seconds=wait_seconds)
+                wait_seconds=wait_seconds, include_samples=include_samples, chat_template_kwargs=chat_template_kwargs)
         return result(out, text)
 
     @server.tool(title="Filter traces into an SFT dataset", annotations=READ_ONLY_LOCAL.model_copy(

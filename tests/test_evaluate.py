@@ -138,7 +138,11 @@ async def test_sampled_eval_numbers_rows_and_request_bodies(chat, store):
     assert chat.state.requests == 4  # one request per task: n was honoured
     body = chat.state.bodies[0]
     assert body["n"] == 4 and body["temperature"] == 0.7 and body["top_k"] == 40 and body["top_p"] == 1.0
-    assert body["max_tokens"] == 8 and body["model"] == "tiny" and body["seed"] == 11
+    assert body["max_tokens"] == 8 and body["model"] == "tiny"
+    from learning_mcp.tools.sampling import request_seed
+
+    # per-problem seeds from (seed, problem id, first sample index): independent of batching
+    assert sorted(b["seed"] for b in chat.state.bodies) == sorted(request_seed(11, t.id, 0) for t in TASKS)
     assert chat.state.headers[0]["authorization"] == "Bearer sk-good"
     stored = store.summary("r1", 1, "train_eval")
     assert stored == {k: getattr(summary, k) for k in stored}
@@ -147,7 +151,7 @@ async def test_sampled_eval_numbers_rows_and_request_bodies(chat, store):
     assert [r.reward for r in rows] == [1.0, 0.0, 1.0, 0.0]
     assert rows[0].prompt == TASKS[2].messages and rows[0].model == "tiny" and rows[0].finish_reason == "stop"
     meta = rows[0].metadata
-    assert meta["temperature"] == 0.7 and meta["top_k"] == 40 and meta["seed"] == 11
+    assert meta["temperature"] == 0.7 and meta["top_k"] == 40 and meta["seed"] == request_seed(11, "half", 0)
     assert meta["finish_reason"] == "stop" and meta["latency_s"] >= 0
 
 
@@ -182,7 +186,10 @@ async def test_top_up_when_the_server_ignores_n(chat, store):
     for problem in ("always", "half"):
         rows = store.query(problem_ids=problem)
         assert [r.sample_index for r in rows] == [0, 1, 2, 3]
-        assert sorted(r.metadata["seed"] for r in rows) == [100, 101, 102, 103]  # top-ups get fresh seeds
+        from learning_mcp.tools.sampling import request_seed
+
+        seeds = [request_seed(100, problem, i) for i in range(4)]  # top-ups get fresh seeds
+        assert sorted(r.metadata["seed"] for r in rows) == sorted(seeds) and len(set(seeds)) == 4
     assert sorted(b["n"] for b in chat.state.bodies).count(1) >= 12
 
 

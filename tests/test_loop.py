@@ -395,4 +395,4 @@ def test_loop_example_resource_is_a_valid_loop_config():
     assert cfg.reset_to_base and cfg.n == 8 and cfg.max_per_problem == 4
     plan = build_sft_plan(cfg.sft_config, training_file_id="file-x", model=cfg.base_model, target="local",
                           require_dataset_path=False)
-    assert plan.payload["hyperparameters"]["n_epochs"] == 3
+    assert plan.payload["hyperparameters"]["n_epochs"] == 2 and plan.payload["hyperparameters"]["learning_rate"] == 2e-3

@@ -41,6 +41,38 @@ class EvalStatusResult(BaseModel):
     error: str | None = None
     traces_db: str
     next_step: str
+    completions: list[dict[str, Any]] | None = Field(None, description="with include_samples=k: up to k "
+                                                                       "completions per problem, correct and "
+                                                                       "incorrect mixed")
+
+
+MAX_SAMPLE_PROBLEMS = 20
+
+
+def sample_completions(store: TraceStore, *, run_id: str, iteration: int | None, phase: str | None, k: int,
+                       max_problems: int = MAX_SAMPLE_PROBLEMS, threshold: float = 1.0) -> list[dict[str, Any]]:
+    """Up to ``k`` stored completions for each of the first ``max_problems`` problems of one eval (pure read):
+    ``[{problem_id, samples: [{completion, reward, correct, finish_reason}]}]`` where correct and incorrect
+    samples alternate (the first correct one, the first incorrect one, ...), so an agent sees what the model
+    said both when the verifier accepted it and when it did not."""
+    rows = store.query(run_id=run_id, iterations=iteration, phases=phase)
+    by_problem: dict[str, list] = {}
+    for row in rows:
+        by_problem.setdefault(row.problem_id, []).append(row)
+    out = []
+    for problem_id, group in list(by_problem.items())[:max_problems]:
+        good = [r for r in group if r.reward is not None and r.reward >= threshold]
+        bad = [r for r in group if not (r.reward is not None and r.reward >= threshold)]
+        picked = []
+        while len(picked) < k and (good or bad):
+            for pool in (good, bad):
+                if pool and len(picked) < k:
+                    picked.append(pool.pop(0))
+        out.append({"problem_id": problem_id, "samples": [
+            {"completion": r.completion, "reward": r.reward,
+             "correct": r.reward is not None and r.reward >= threshold, "finish_reason": r.finish_reason}
+            for r in picked]})
+    return out
 
 
 @dataclass
@@ -110,7 +142,8 @@ class EvalRuns:
 async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, split: str, n: int, temperature: float,
                     top_k: int | None, top_p: float, max_tokens: int, verifier: str, chat_url: str | None,
                     max_problems: int | None, val_fraction: float, split_seed: int, eval_id: str | None,
-                    wait_seconds: float) -> tuple[EvalStatusResult, str]:
+                    wait_seconds: float, include_samples: int = 0,
+                    chat_template_kwargs: dict | None = None) -> tuple[EvalStatusResult, str]:
     """What the ``eval`` tool does: start an eval (or look one up by ``eval_id``), wait up to ``wait_seconds``
     and return ``(result, one-line summary)``. Raises ``ToolFailure`` (unknown_eval, missing_arguments,
     invalid_split, no_problems, and the task-file / verifier codes)."""
@@ -129,6 +162,7 @@ async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, spl
                                     max_problems=max_problems,
                                     settings={"n": n, "temperature": temperature, "top_k": top_k,
                                               "top_p": top_p, "max_tokens": max_tokens,
+                                              "chat_template_kwargs": chat_template_kwargs,
                                               "val_fraction": val_fraction, "split_seed": split_seed})
     with anyio.move_on_after(wait_seconds):
         await run.done.wait()
@@ -140,6 +174,12 @@ async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, spl
                            traces_db=str(runs.traces_db), next_step=next_step,
                            **{k: summary.get(k) for k in ("problems", "samples", "correct", "solved_any",
                                                           "pass_at_1", "pass_at_n", "mean_reward", "seconds")})
+    if include_samples and run.state == "succeeded":
+        def read() -> list[dict[str, Any]]:
+            with TraceStore(runs.traces_db) as store:
+                return sample_completions(store, run_id=run.eval_id, iteration=0, phase="eval", k=include_samples)
+
+        out.completions = await anyio.to_thread.run_sync(read)
     text = (f"eval {run.eval_id} of {run.model}: {run.state}" +
             (f", pass@1 {out.pass_at_1:.3f}, pass@n {out.pass_at_n:.3f} on {out.problems} problems "
              f"({out.samples} samples)"

@@ -24,6 +24,8 @@ class FilterResult(BaseModel):
     counts: dict[str, int] = Field(description="records left after each stage, in order")
     problems: int
     written: int
+    truncated_dropped: int = Field(0, description="rewarded samples dropped as cut off at max_tokens "
+                                                  "(finish_reason = length; keep them with keep_truncated = true)")
     valid: bool = Field(description="the output passes validate_dataset")
     message: str
     next_step: str
@@ -83,7 +85,7 @@ async def filter_traces_call(*, loops_root: Path, traces_db: Path, config: str |
         valid = (await anyio.to_thread.run_sync(lambda: validate_dataset_file(report.output))).ok
     written = report.counts.get("written", 0)
     out = FilterResult(output=report.output, counts=report.counts, problems=report.problems, written=written,
-                       valid=valid, message=getattr(report, "message", "") or f"wrote {written} examples",
+                       truncated_dropped=report.truncated_dropped, valid=valid, message=getattr(report, "message", "") or f"wrote {written} examples",
                        next_step=(f"upload_file(path={report.output!r}) then create_job(...)" if written else
                                   "Nothing matched: loosen the filter or sample more (eval with n > 1)."))
     return out, f"wrote {written} examples -> {report.output}"

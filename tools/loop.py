@@ -37,7 +37,7 @@ from learning_mcp.tools.errors import ToolFailure, api_failure
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
-from learning_mcp.tools.rewards import VerifierError, make_verifier
+from learning_mcp.tools.rewards import VerifierError, make_verifier, zero_score_warning
 from learning_mcp.tools.settings import endpoint_key
 from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
 from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
@@ -50,6 +50,7 @@ Step = Literal["sample", "filter", "upload", "train", "val_eval", "done"]
 LOOP_SECTIONS = ("loop", "eval", "filter")
 RETRYABLE_JOB_FAILURES = frozenset({"backend_restarted", "worker_crashed"})
 MAX_JOB_ATTEMPTS = 3
+LOOP_CHART_FILE = "chart.png"
 
 
 class LoopConfig(BaseModel):
@@ -61,11 +62,12 @@ class LoopConfig(BaseModel):
     base_model: str = Field(description="base model id / local path / ft: id to start from")
     tasks: str | None = Field(None, description="JSONL of problems: id, messages or prompt, answer, optional split "
                                                 "(not needed with a task app)")
-    verifier: str | dict = Field("exact", description="exact | numeric | boxed | answer | module:function | {...}")
+    verifier: str | dict = Field("exact", description="exact | numeric | boxed | answer | math | module:function | "
+                                                      "{...}")
     iterations: int = Field(3, ge=1, le=50)
     reset_to_base: bool = Field(True, description="each M-step trains from the base model (ReST-EM)")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int | None = Field(None, description="seed of the train/validation split; default: `seed`")
     max_train_problems: int | None = Field(None, ge=1)
     max_val_problems: int | None = Field(None, ge=1)
     # E-step sampling
@@ -75,16 +77,31 @@ class LoopConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(64, ge=1, le=8192)
     stop: list[str] | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="passed to the chat template, e.g. "
+                                                                          "{enable_thinking = false} (vLLM's field)")
     eval_concurrency: int = Field(8, ge=1, le=256)
-    seed: int | None = 0
+    seed: int | None = Field(0, description="fixes the split (unless split_seed is set), every sampling request "
+                                            "(a per-request seed from seed, iteration, problem id) and the M-step's "
+                                            "training seed (unless hyperparameters set one); None = unseeded")
+    sample_from: Literal["latest", "best"] = Field(
+        "latest", description="which model samples iteration i+1: the latest M-step's (ReST-EM) or the best on "
+                              "validation so far")
+    n_unsolved: int | None = Field(None, ge=1, le=128, description="samples per problem for train problems no "
+                                                                   "earlier iteration solved (default: n)")
     # filter
     reward_threshold: float = 1.0
     max_per_problem: int | None = Field(4, ge=1)
     dedupe: bool = True
+    keep_truncated: bool = Field(False, description="also train on samples cut off at max_tokens")
+    balance_per_problem: bool = Field(False, description="repeat each solved problem's kept samples up to "
+                                                         "max_per_problem, so every solved problem weighs the same")
     # M-step
     sft_config: str | dict[str, Any] | None = Field(None, description="SFT sections (a table), or an SFT TOML "
                                                                      "(path or text); default: a full fine-tune")
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides merged into the payload")
+    mstep_epochs: float | None = Field(None, gt=0, le=100, description="when set, each M-step runs "
+                                       "ceil(mstep_epochs * kept / per_device_batch) steps (total_steps scaled to "
+                                       "the kept samples) instead of the config's fixed total_steps")
     job_timeout_s: float = Field(7200, gt=0)
     # stopping
     early_stopping: bool = True
@@ -103,6 +120,11 @@ class LoopConfig(BaseModel):
     max_llm_calls: int = Field(10, ge=1)
     env_config: dict[str, Any] = Field(default_factory=dict)
     policy_config: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def effective_split_seed(self) -> int:
+        """``split_seed``, else ``seed``, else 0."""
+        return self.split_seed if self.split_seed is not None else (self.seed or 0)
 
     @model_validator(mode="after")
     def _needs_tasks_or_task_app(self) -> "LoopConfig":
@@ -123,6 +145,8 @@ class IterationRecord(BaseModel):
     solved: int | None = None
     train_pass_at_1: float | None = None
     kept: int | None = None
+    truncated_dropped: int | None = Field(None, description="correct samples dropped as cut off at max_tokens")
+    mstep_steps: int | None = Field(None, description="total_steps of the M-step when scaled to the kept samples")
     filter_counts: dict[str, int] | None = None
     kept_path: str | None = None
     file_id: str | None = None
@@ -153,18 +177,97 @@ class LoopState(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     train_problems: int | None = None
     val_problems: int | None = None
+    resolved_config: dict[str, Any] | None = Field(None, description="every setting with its value and source "
+                                                                      "(argument | file | default)")
+    warnings: list[str] = Field(default_factory=list)
 
     @property
     def current(self) -> IterationRecord | None:
         return self.iterations[-1] if self.iterations else None
 
 
+# M-step hyperparameters when neither the loop's SFT config nor ``hyperparameters`` set them, by model width
+# (``hidden_size`` of the model's config.json). lr 1e-5 for 3 epochs (a common full fine-tune default for 1B+ models)
+# moves a small model by nothing measurable, so small models get a higher learning rate. The tiny row is what the
+# arithmetic demo and the loop tests train with (lr 2e-3..3e-3, batch 16..32, ~2 epochs over the kept set).
+DEFAULT_HYPERPARAMETERS: tuple[tuple[int, dict[str, Any]], ...] = (
+    (256, {"n_epochs": 2, "learning_rate": 2e-3, "per_device_batch": 16, "warmup_ratio": 0.05}),
+    (1024, {"n_epochs": 2, "learning_rate": 1e-4, "per_device_batch": 8}),
+    (1 << 30, {"n_epochs": 3, "learning_rate": 1e-5, "per_device_batch": 8}),
+)
+
+
+def default_hyperparameters(model: str) -> tuple[dict[str, Any], str]:
+    """``(hyperparameters, why)`` for an M-step of ``model`` when nothing else sets them: chosen by the model's
+    ``hidden_size`` (:data:`DEFAULT_HYPERPARAMETERS`); a model whose config cannot be read here (a remote ``ft:``
+    id) gets the large-model row, and ``why`` says so."""
+    from learning_mcp.tools.model_checks import model_config_json
+
+    config = model_config_json(model) or {}
+    width = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    if not isinstance(width, int):
+        return dict(DEFAULT_HYPERPARAMETERS[-1][1]), ("model width unknown here (config.json not readable): the "
+                                                      "large-model defaults; pass hyperparameters for a small model")
+    for limit, hp in DEFAULT_HYPERPARAMETERS:
+        if width <= limit:
+            return dict(hp), f"model default for hidden_size {width} (≤ {limit})" if limit < (1 << 30) else \
+                f"model default for hidden_size {width}"
+    raise AssertionError("unreachable")
+
+
 def default_sft_config(model: str) -> dict[str, Any]:
-    """The SFT sections a loop trains with when it has none of its own: a full fine-tune of ``model``."""
+    """The SFT sections a loop trains with when it has none of its own: a full fine-tune of ``model`` with
+    :func:`default_hyperparameters`."""
     return {"algorithm": {"type": "offline", "method": "sft", "variety": "fft"},
             "job": {"model": model},
             "compute": {"gpu_type": "H100", "gpu_count": 1},
-            "hyperparameters": {"n_epochs": 3, "learning_rate": 1e-5, "per_device_batch": 8}}
+            "hyperparameters": default_hyperparameters(model)[0]}
+
+
+def resolve_config(cfg: LoopConfig, file_args: Mapping[str, Any], explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """Every loop setting with its value and source: ``{"loop": {name: {"value", "source"}}, "hyperparameters":
+    {name: {"value", "source"}}}``; a source is ``argument`` (run_sft_loop's arguments), ``file`` (the config
+    TOML) or ``default`` (with why, for the M-step's model-dependent defaults). Pure but for reading the
+    model's config.json."""
+    dumped = cfg.model_dump(mode="json")
+    loop: dict[str, Any] = {}
+    for name, value in dumped.items():
+        if name == "sft_config":
+            continue
+        source = ("argument" if explicit.get(name) is not None else "file" if name in file_args else "default")
+        loop[name] = {"value": value, "source": source}
+    loop["split_seed"]["value"] = cfg.effective_split_seed
+    if cfg.split_seed is None:
+        loop["split_seed"]["source"] = "default (= seed)"
+    hp: dict[str, Any] = {}
+    if isinstance(cfg.sft_config, dict) or cfg.sft_config:
+        file_hp = (sft_config_doc(cfg.sft_config, cfg.base_model).get("hyperparameters") or {})
+        sft_source = "file" if "sft_config" in file_args and explicit.get("sft_config") is None else "argument"
+        for name, value in file_hp.items():
+            hp[name] = {"value": value, "source": sft_source}
+    else:
+        defaults, why = default_hyperparameters(cfg.base_model)
+        for name, value in defaults.items():
+            hp[name] = {"value": value, "source": f"default ({why})"}
+    for name, value in (cfg.hyperparameters or {}).items():
+        hp[name] = {"value": value, "source": "argument" if explicit.get("hyperparameters") else "file"}
+    if cfg.seed is not None and "seed" not in hp:
+        hp["seed"] = {"value": cfg.seed, "source": "default (= loop seed)"}
+    if cfg.mstep_epochs is not None:
+        hp["total_steps"] = {"value": f"ceil({cfg.mstep_epochs} * kept / per_device_batch)",
+                             "source": loop["mstep_epochs"]["source"] + " (mstep_epochs)"}
+    return {"loop": loop, "hyperparameters": hp}
+
+
+def default_warnings(resolved: Mapping[str, Any]) -> list[str]:
+    """Warnings for settings the caller did not choose that matter most (the M-step's hyperparameters)."""
+    hp = resolved.get("hyperparameters") or {}
+    defaulted = {k: v["value"] for k, v in hp.items() if str(v["source"]).startswith("default (") and k != "seed"}
+    if not defaulted:
+        return []
+    why = next(iter(v["source"] for k, v in hp.items() if k in defaulted))
+    return [f"M-step hyperparameters not given, using {defaulted} — {why}. Pass hyperparameters={{...}} or an SFT "
+            "config to choose them (see resource learning://config/loop-example)."]
 
 
 def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
@@ -190,22 +293,30 @@ def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
 
 
 def loop_config_from(config: str | None, explicit: dict[str, Any]) -> LoopConfig:
-    """What ``run_sft_loop`` runs: the loop config (path or TOML text, :func:`parse_loop_toml`) overridden by the
-    call's explicit arguments (``None`` = not given); a relative ``tasks`` resolves against the working
-    directory. Raises ``ToolFailure`` ``invalid_loop_config`` naming each bad field."""
+    """What ``run_sft_loop`` runs (:func:`loop_config_with_sources` without the sources)."""
+    return loop_config_with_sources(config, explicit)[0]
+
+
+def loop_config_with_sources(config: str | None, explicit: dict[str, Any]) -> tuple[LoopConfig, dict[str, Any]]:
+    """``(config, resolved)``: the loop config (path or TOML text, :func:`parse_loop_toml`) overridden by the
+    call's explicit arguments (``None`` = not given), and :func:`resolve_config`'s value-and-source table. A
+    relative ``tasks`` resolves against the working directory. Raises ``ToolFailure`` ``invalid_loop_config``
+    naming each bad field."""
     args: dict[str, Any] = {}
     if config:
         args, _ = parse_loop_toml(config)
+    file_args = dict(args)
     args.update({k: v for k, v in explicit.items() if v is not None})
     if isinstance(args.get("tasks"), str) and not Path(args["tasks"]).expanduser().is_absolute():
         args["tasks"] = str(Path(args["tasks"]).expanduser().resolve())
     try:
-        return LoopConfig(**args)
+        cfg = LoopConfig(**args)
     except ValidationError as exc:
         problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"]
                              for e in exc.errors())
         raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
                                                  "tasks (or a config TOML with [loop]).") from None
+    return cfg, resolve_config(cfg, file_args, explicit)
 
 
 LOOP_EXAMPLE_TOML = """\
@@ -213,11 +324,13 @@ LOOP_EXAMPLE_TOML = """\
 [loop]
 base_model = "ft:/path/to/model:ftjob-123"  # or a Hub id / local path; also read from [job].model
 tasks = "tasks.jsonl"         # relative to this file
-verifier = "exact"            # exact | numeric | boxed | answer | {type = "regex", pattern = "..."} | "module:fn" | "file.py:fn"
+verifier = "exact"            # exact | numeric | boxed | answer | math | {type = "regex", pattern = "..."} | "module:fn" | "file.py:fn"
 iterations = 3
+seed = 0                      # fixes the split, every sampling request and the training seed
+sample_from = "latest"        # latest (ReST-EM) | best: which model samples the next iteration
 reset_to_base = true          # every M-step fine-tunes the base model (ReST-EM); false = continue from the last
 val_fraction = 0.2            # used only when no task has a "split"
-split_seed = 0
+# split_seed = 0              # default: seed
 # max_train_problems = 1000
 # max_val_problems = 200
 early_stopping = true         # stop when validation pass@1 has not improved for `patience` iterations
@@ -231,11 +344,15 @@ temperature = 0.7
 top_k = 40
 max_tokens = 64
 # stop = ["\\n\\n"]
+# n_unsolved = 16             # more samples for problems no earlier iteration solved (default: n)
+# chat_template_kwargs = {enable_thinking = false}   # Qwen3-style templates
 
 [filter]
 reward_threshold = 1.0
 max_per_problem = 4           # keep at most K correct samples per problem (paper: 10)
 dedupe = true
+keep_truncated = false        # samples cut off at max_tokens are not trained on
+# balance_per_problem = true  # repeat each solved problem's samples up to max_per_problem
 
 # The SFT config of every M-step: Synth's schema (see learning://config/example)
 [algorithm]
@@ -246,10 +363,14 @@ variety = "fft"
 [job]
 model = "ft:/path/to/model:ftjob-123"
 
+# A working config for a SMALL model (the arithmetic demo's tiny model). For a 1B+ model use e.g.
+# learning_rate = 1e-5, n_epochs = 3, per_device_batch = 8. Without this table the loop picks defaults by the model's
+# hidden_size and says so in run_sft_loop's `warnings` and `config` (source "default (...)").
 [hyperparameters]
-n_epochs = 3
-learning_rate = 1e-5
-per_device_batch = 8
+n_epochs = 2
+learning_rate = 2e-3
+per_device_batch = 16
+warmup_ratio = 0.05
 """
 
 TASKS_FORMAT_DOC = """\
@@ -365,7 +486,7 @@ class LoopRunner:
             train, val, verifier = list(cfg.train_seeds), list(cfg.val_seeds), None
         else:
             tasks = await anyio.to_thread.run_sync(lambda: load_tasks(cfg.tasks))
-            train, val = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+            train, val = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.effective_split_seed)
             verifier = make_verifier(cfg.verifier, base_dir=Path(cfg.tasks).parent)
         train = train[: cfg.max_train_problems] if cfg.max_train_problems else train
         val = val[: cfg.max_val_problems] if cfg.max_val_problems else val
@@ -381,7 +502,14 @@ class LoopRunner:
                 self.state.base_val_pass_at_1 = summary.pass_at_1
                 self.state.best_model, self.state.best_val_pass_at_1 = cfg.base_model, summary.pass_at_1
                 self.state.best_iteration = 0
-                await self._changed(f"base model: validation pass@1 {summary.pass_at_1:.3f}")
+                warning = self._zero_score_warning(store, val, verifier)
+                if warning:
+                    self.state.warnings.append(warning)
+                    log.warning("loop %s: %s", self.state.loop_id, warning)
+                    await self._changed(f"base model: validation pass@1 0.000 — WARNING: {warning}")
+                else:
+                    await self._changed(f"base model: validation pass@1 {summary.pass_at_1:.3f}")
+                self._write_chart()
             while True:
                 record = self.state.current
                 if record is None or record.step == "done":
@@ -390,7 +518,7 @@ class LoopRunner:
                     if len(self.state.iterations) >= cfg.iterations:
                         self.state.stopped_reason = "completed"
                         break
-                    sampler = record.fine_tuned_model if record and record.fine_tuned_model else cfg.base_model
+                    sampler = self._next_sampler(record)
                     record = IterationRecord(iteration=len(self.state.iterations) + 1, sampler_model=sampler,
                                              started_at=time.time())
                     self.state.iterations.append(record)
@@ -402,6 +530,39 @@ class LoopRunner:
         best = self.state.best_model
         await self._changed(f"finished ({self.state.stopped_reason}); best model {best} "
                             f"(validation pass@1 {self.state.best_val_pass_at_1})")
+
+    def _next_sampler(self, last: IterationRecord | None) -> str:
+        """The model that samples the next iteration: the latest M-step's (ReST-EM), or with
+        ``sample_from = "best"`` the best on validation so far (the base model until one beats it)."""
+        if self.cfg.sample_from == "best" and self.state.best_model:
+            return self.state.best_model
+        return last.fine_tuned_model if last and last.fine_tuned_model else self.cfg.base_model
+
+    def _zero_score_warning(self, store: TraceStore, val, verifier) -> str | None:
+        """:func:`~learning_mcp.tools.rewards.zero_score_warning` on the seed model's validation traces."""
+        if verifier is None:  # a task app scores its own rollouts
+            return None
+        rows = store.query(run_id=self.state.loop_id, iterations=0, phases="val_eval")
+        rewards: dict[str, list[float | None]] = {}
+        completions: dict[str, str] = {}
+        for row in rows:
+            rewards.setdefault(row.problem_id, []).append(row.reward)
+            completions.setdefault(row.problem_id, row.completion)
+        by_id = {task.id: task for task in val}
+        examples = [(by_id[pid], text) for pid, text in list(completions.items())[:3] if pid in by_id]
+        return zero_score_warning(rewards, verifier, examples=examples, threshold=self.cfg.reward_threshold)
+
+    def _write_chart(self) -> None:
+        """``<loop_dir>/chart.png`` (:func:`~learning_mcp.tools.charts.loop_chart_png`); skipped without matplotlib."""
+        try:
+            from learning_mcp.tools.atomic import write_bytes_atomic
+            from learning_mcp.tools.charts import loop_chart_png
+
+            write_bytes_atomic(self.dir / LOOP_CHART_FILE, loop_chart_png(self.state))
+        except ImportError:
+            pass
+        except Exception as exc:  # a chart must never end a loop
+            log.warning("loop %s: chart not written: %s", self.state.loop_id, exc)
 
     def _should_stop(self) -> bool:
         cfg = self.cfg
@@ -422,12 +583,15 @@ class LoopRunner:
             return True
         return False
 
-    async def _eval(self, store, tasks, model: str, *, iteration: int, phase: str, greedy: bool, verifier):
+    async def _eval(self, store, tasks, model: str, *, iteration: int, phase: str, greedy: bool, verifier,
+                    n: int | None = None, clean: bool = True):
         cfg = self.cfg
-        store.delete(self.state.loop_id, iteration=iteration, phase=phase)  # a resumed eval starts clean
-        settings = SamplingSettings(n=1 if greedy else cfg.n, temperature=0.0 if greedy else cfg.temperature,
+        if clean:
+            store.delete(self.state.loop_id, iteration=iteration, phase=phase)  # a resumed eval starts clean
+        settings = SamplingSettings(n=1 if greedy else (n or cfg.n), temperature=0.0 if greedy else cfg.temperature,
                                     top_p=cfg.top_p, top_k=None if greedy else cfg.top_k, max_tokens=cfg.max_tokens,
-                                    stop=cfg.stop, seed=None if cfg.seed is None else cfg.seed + iteration)
+                                    stop=cfg.stop, seed=None if cfg.seed is None else cfg.seed * 1000 + iteration,
+                                    chat_template_kwargs=cfg.chat_template_kwargs)
         chat_url = cfg.chat_url or self.client.target.chat_url
         api_key = self._key(chat_url, cfg.chat_api_key_env)
         if cfg.task_app_url:
@@ -455,8 +619,7 @@ class LoopRunner:
         cfg = self.cfg
         t0 = time.monotonic()
         if record.step == "sample":
-            summary = await self._eval(store, train, record.sampler_model, iteration=record.iteration,
-                                       phase="train_eval", greedy=False, verifier=verifier)
+            summary = await self._sample(store, train, record, verifier)
             record.samples, record.problems, record.solved = summary.samples, summary.problems, summary.solved_any
             record.train_pass_at_1 = summary.pass_at_1
             record.step = "filter"
@@ -467,10 +630,14 @@ class LoopRunner:
             spec = FilterSpec(db=str(self.dir / "traces.sqlite"), output=str(out), run_id=self.state.loop_id,
                               iterations=[record.iteration], phases=["train_eval"],
                               reward_threshold=cfg.reward_threshold, max_per_problem=cfg.max_per_problem,
-                              dedupe=cfg.dedupe)
+                              dedupe=cfg.dedupe, keep_truncated=cfg.keep_truncated)
             report = await anyio.to_thread.run_sync(lambda: filter_traces(spec, store))
             record.filter_counts = dict(report.counts)
+            record.truncated_dropped = report.truncated_dropped
             record.kept = report.counts.get("written", 0)
+            if record.kept and cfg.balance_per_problem and cfg.max_per_problem:
+                record.kept = await anyio.to_thread.run_sync(lambda: balance_kept(out, cfg.max_per_problem))
+                record.filter_counts["balanced"] = record.kept
             if not record.kept:
                 raise ToolFailure("empty_filter_result",
                                   f"iteration {record.iteration}: no sample passed the verifier "
@@ -488,8 +655,9 @@ class LoopRunner:
         elif record.step == "train":
             if record.job_id is None:
                 record.train_from = cfg.base_model if cfg.reset_to_base else record.sampler_model
-                sft_doc = apply_hyperparameter_overrides(sft_config_doc(cfg.sft_config, record.train_from),
-                                                          cfg.hyperparameters)
+                sft_doc = mstep_config(cfg, record.train_from, kept=record.kept)
+                record.mstep_steps = (sft_doc.get("hyperparameters") or {}).get("total_steps") \
+                    if cfg.mstep_epochs is not None else None
                 record.job_attempts += 1
                 out = await job_ops.create_job_from_config(
                     self.client, sft_doc, training_file_id=record.file_id, model=record.train_from, start=True,
@@ -532,6 +700,26 @@ class LoopRunner:
             await self._changed(f"iteration {record.iteration}: validation pass@1 {summary.pass_at_1:.3f}")
         record.seconds += time.monotonic() - t0
         self.save()
+        if record.step in ("filter", "done"):  # after sampling and after validation: new points on the chart
+            await anyio.to_thread.run_sync(self._write_chart)
+
+    async def _sample(self, store, train, record: IterationRecord, verifier):
+        """The E-step: ``n`` samples per train problem, or ``n_unsolved`` for problems no earlier iteration
+        solved (one summary over both groups)."""
+        cfg = self.cfg
+        common = dict(iteration=record.iteration, phase="train_eval", greedy=False, verifier=verifier)
+        if not cfg.n_unsolved or cfg.n_unsolved == cfg.n or cfg.task_app_url or record.iteration == 1:
+            return await self._eval(store, train, record.sampler_model, n=cfg.n_unsolved if record.iteration == 1
+                                    and cfg.n_unsolved and not cfg.task_app_url else None, **common)
+        solved_before = {row.problem_id for row in store.query(run_id=self.state.loop_id, phases="train_eval",
+                                                               iterations=list(range(1, record.iteration)))
+                         if row.reward is not None and row.reward >= cfg.reward_threshold}
+        groups = [([t for t in train if t.id in solved_before], cfg.n),
+                  ([t for t in train if t.id not in solved_before], cfg.n_unsolved)]
+        store.delete(self.state.loop_id, iteration=record.iteration, phase="train_eval")
+        parts = [await self._eval(store, tasks, record.sampler_model, n=n, clean=False, **common)
+                 for tasks, n in groups if tasks]
+        return merge_summaries(parts)
 
 
 def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None) -> None:
@@ -545,11 +733,12 @@ def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None)
                                                  '{"id", "prompt" or "messages", "answer", "split"?})')
         try:
             tasks = load_tasks(path)
-        except TaskFileError as exc:
-            first = str(exc).splitlines()[0][:500]
-            raise ToolFailure("invalid_tasks", f"{first} — each task line needs id, prompt (or messages) and answer; "
-                                               "see resource learning://config/loop-example") from None
-        train, _ = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+        except TaskFileError as exc:  # every problem with its line number, as the eval tool lists them
+            raise ToolFailure("invalid_tasks", f"{exc.message}\nEach task line needs id, prompt (or messages) and "
+                                               "answer; see resource learning://config/loop-example.",
+                              data={"problems": [{"line": line, "code": code, "message": msg}
+                                                 for line, code, msg in exc.problems[:50]]}) from None
+        train, _ = split_tasks(tasks, val_fraction=cfg.val_fraction, seed=cfg.effective_split_seed)
         if not train:
             raise ToolFailure("no_train_problems", f"{path} has no train problems after the split")
         try:
@@ -563,12 +752,111 @@ def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None)
                          environ=environ)
     except PermissionError as exc:
         raise ToolFailure("key_not_allowed", str(exc)) from None
-    sft = apply_hyperparameter_overrides(sft_config_doc(cfg.sft_config, cfg.base_model), cfg.hyperparameters)
+    sft = mstep_config(cfg, cfg.base_model)
     try:
         build_sft_plan(sft, training_file_id="file-preflight", model=cfg.base_model,
                        target="synth" if target.is_synth else "local", require_dataset_path=False, environ=environ)
     except ConfigError as exc:
         raise ToolFailure(f"config_{exc.code}", f"the loop's SFT config is invalid: {exc.message}") from None
+
+
+async def preflight_model(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None,
+                          *, timeout_s: float = 40.0) -> None:
+    """Check that the chat endpoint the loop samples from can serve ``cfg.base_model``, before the loop starts.
+
+    The embedded backend checks a model the same way for ``create_job`` (``backend/modelref.check_loadable``) and
+    for inference; one greedy 1-token chat completion asks exactly the server the loop will use. Only an answer
+    that rejects the MODEL (HTTP 400/404 naming ``model``, or a ``model_*`` error code) refuses the loop with
+    ``model_not_loadable`` and the server's full reason; an unreachable or slow endpoint is left to the loop,
+    whose status reports it. Raises ``ToolFailure``."""
+    import httpx
+
+    from learning_mcp.tools.sampling import normalize_chat_url
+
+    try:
+        url = normalize_chat_url(cfg.chat_url or target.chat_url)
+        key = endpoint_key(cfg.chat_url or target.chat_url, target, cfg.chat_api_key_env, environ=environ)
+    except (ChatEndpointError, PermissionError):
+        return  # reported by preflight / the loop with their own codes
+    body = {"model": cfg.base_model, "messages": [{"role": "user", "content": "1"}], "max_tokens": 1,
+            "temperature": 0.0}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as http:
+            response = await http.post(url, json=body, headers=headers)
+    except (httpx.HTTPError, OSError):
+        return
+    if response.status_code not in (400, 404, 422):
+        return
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    error = payload.get("error") if isinstance(payload, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code, param = str(error.get("code") or ""), str(error.get("param") or "")
+    detail = error.get("message") or (payload.get("detail") if isinstance(payload, dict) else None) or response.text
+    if not (code.startswith("model_") or param == "model"):
+        return
+    raise ToolFailure("model_not_loadable",
+                      f"base_model {cfg.base_model!r} cannot be served for sampling ({code or response.status_code}): "
+                      f"{str(detail)[:2000]} Pass a base model id, a local model directory or an ft: id from "
+                      "list_models / get_job_status(...).fine_tuned_model, then call run_sft_loop again.",
+                      param="base_model")
+
+
+def merge_summaries(parts: list[Any]) -> Any:
+    """One :class:`~learning_mcp.tools.sampling.EvalSummary` for evals over disjoint problem sets (pure):
+    counts add up, per-problem rates are weighted by problems."""
+    from learning_mcp.tools.sampling import EvalSummary
+
+    if len(parts) == 1:
+        return parts[0]
+    problems = sum(p.problems for p in parts)
+    samples = sum(p.samples for p in parts)
+
+    def weighted(name: str, by: str = "problems") -> float:
+        total = sum(getattr(p, by) for p in parts)
+        return sum(getattr(p, name) * getattr(p, by) for p in parts) / total if total else 0.0
+
+    return EvalSummary(problems=problems, samples=samples, correct=sum(p.correct for p in parts),
+                       solved_any=sum(p.solved_any for p in parts), pass_at_1=weighted("pass_at_1"),
+                       pass_at_n=weighted("pass_at_n"), mean_reward=weighted("mean_reward", "samples"),
+                       errors=sum(p.errors for p in parts), seconds=sum(p.seconds for p in parts))
+
+
+def balance_kept(path: Path, per_problem: int) -> int:
+    """Rewrite the kept SFT file so every problem has exactly ``per_problem`` examples: a problem's kept samples
+    are repeated in turn (a problem with one correct sample weighs as much as one with many). Returns the number
+    of examples written. Problems are read from ``metadata.task_id`` (the filter's output shape)."""
+    import json
+
+    from learning_mcp.tools.atomic import write_text_atomic
+
+    groups: dict[str, list[str]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            task = (json.loads(line).get("metadata") or {}).get("task_id")
+            groups.setdefault(str(task), []).append(line)
+    lines = [rows[i % len(rows)] for rows in groups.values() for i in range(per_problem)]
+    write_text_atomic(Path(path), "\n".join(lines) + "\n")
+    return len(lines)
+
+
+def mstep_config(cfg: LoopConfig, model: str, *, kept: int | None = None) -> dict[str, Any]:
+    """The M-step's SFT config: :func:`sft_config_doc` with ``hyperparameters`` merged in, the loop ``seed`` as
+    the training seed (unless set), and with ``mstep_epochs`` a ``total_steps`` of
+    ``ceil(mstep_epochs * kept / per_device_batch)`` (``kept`` unknown in preflight: 1 step)."""
+    import math
+
+    doc = apply_hyperparameter_overrides(sft_config_doc(cfg.sft_config, model), cfg.hyperparameters)
+    hp = doc.setdefault("hyperparameters", {})
+    if cfg.seed is not None:
+        hp.setdefault("seed", cfg.seed)
+    if cfg.mstep_epochs is not None:
+        batch = int(hp.get("per_device_batch") or hp.get("batch_size") or 1)
+        hp["total_steps"] = max(1, math.ceil(cfg.mstep_epochs * (kept or 1) / batch))
+    return doc
 
 
 def sft_config_doc(config: str | dict | None, model: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from learning_mcp.tools.errors import ToolFailure
 from learning_mcp.tools.eval_runs import EvalRuns
-from learning_mcp.tools.loop import IterationRecord, LoopConfig, LoopRunner, LoopState
+from learning_mcp.tools.loop import LOOP_CHART_FILE, IterationRecord, LoopConfig, LoopRunner, LoopState
 
 log = logging.getLogger("learning_mcp.server.loops")
 
@@ -43,6 +43,7 @@ class LoopRow(BaseModel):
     problems: int | None
     solved: int | None = Field(description="train problems with at least one correct sample")
     kept: int | None = Field(description="samples kept by the filter (the SFT set)")
+    truncated_dropped: int | None = Field(None, description="correct samples dropped as cut off at max_tokens")
     file_id: str | None = Field(None, description="the uploaded kept set")
     job_id: str | None
     fine_tuned_model: str | None
@@ -72,6 +73,14 @@ class LoopStatusResult(BaseModel):
     state_dir: str
     next_poll_seconds: float | None
     next_step: str
+    config: dict[str, Any] | None = Field(None, description="the fully resolved settings: {loop: {name: {value, "
+                                                             "source}}, hyperparameters: {...}}; source = argument | "
+                                                             "file | default (why)")
+    warnings: list[str] = Field(default_factory=list, description="defaults used, a verifier that scores nothing")
+    chart_path: str | None = Field(None, description="per-iteration chart PNG next to the loop state")
+    completions: list[dict[str, Any]] | None = Field(None, description="with include_samples=k: up to k "
+                                                                       "completions per problem (correct and "
+                                                                       "incorrect) of the latest validation eval")
 
 
 class LoopListResult(BaseModel):
@@ -80,7 +89,8 @@ class LoopListResult(BaseModel):
 
 def _row(record: IterationRecord) -> LoopRow:
     return LoopRow(iteration=record.iteration, step=record.step, model=record.sampler_model, samples=record.samples,
-                   problems=record.problems, solved=record.solved, kept=record.kept, file_id=record.file_id, job_id=record.job_id,
+                   problems=record.problems, solved=record.solved, kept=record.kept,
+                   truncated_dropped=record.truncated_dropped, file_id=record.file_id, job_id=record.job_id,
                    fine_tuned_model=record.fine_tuned_model, final_train_loss=record.final_train_loss,
                    val_pass_at_1=record.val_pass_at_1, seconds=round(record.seconds, 1))
 
@@ -107,18 +117,59 @@ def loop_status(state: LoopState, state_dir: Path) -> LoopStatusResult:
         stopped_reason=state.stopped_reason, table=[_row(r) for r in state.iterations],
         current_job_id=current.job_id if current and current.step == "train" else None, error=state.error,
         train_problems=state.train_problems, val_problems=state.val_problems, state_dir=str(state_dir),
-        next_poll_seconds=None if terminal else 15.0, next_step=next_step)
+        next_poll_seconds=None if terminal else 15.0, next_step=next_step, config=state.resolved_config,
+        warnings=list(state.warnings),
+        chart_path=str(state_dir / LOOP_CHART_FILE) if (state_dir / LOOP_CHART_FILE).is_file() else None)
+
+
+def loop_samples(state: LoopState, state_dir: Path, k: int) -> list[dict[str, Any]]:
+    """Up to ``k`` completions per problem (:func:`~learning_mcp.tools.eval_runs.sample_completions`) of the
+    loop's latest validation eval (iteration 0 = the seed model), or of its latest sampling round when it has no
+    validation split. Empty before the first eval."""
+    from learning_mcp.tools.eval_runs import sample_completions
+    from learning_mcp.tools.traces import TraceStore
+
+    db = state_dir / "traces.sqlite"
+    if not db.is_file():
+        return []
+    done = [r.iteration for r in state.iterations if r.val_pass_at_1 is not None]
+    iteration, phase = (max(done), "val_eval") if done else (0, "val_eval")
+    if state.base_val_pass_at_1 is None:
+        sampled = [r.iteration for r in state.iterations if r.samples is not None]
+        if not sampled:
+            return []
+        iteration, phase = max(sampled), "train_eval"
+    with TraceStore(db) as store:
+        return sample_completions(store, run_id=state.loop_id, iteration=iteration, phase=phase, k=k,
+                                  threshold=state.config.reward_threshold)
+
+
+def loop_chart(state: LoopState, state_dir: Path) -> bytes:
+    """The loop's chart PNG (:func:`~learning_mcp.tools.charts.loop_chart_png`), rendered from the current state
+    and written to ``<state_dir>/chart.png``. Raises ``ToolFailure`` ``charts_unavailable`` without matplotlib."""
+    try:
+        from learning_mcp.tools.charts import loop_chart_png
+    except ImportError:
+        raise ToolFailure("charts_unavailable", "charts need matplotlib: pip install 'learning-mcp[charts]'") from None
+    from learning_mcp.tools.atomic import write_bytes_atomic
+
+    png = loop_chart_png(state)
+    write_bytes_atomic(state_dir / LOOP_CHART_FILE, png)
+    return png
 
 
 def format_table(status: LoopStatusResult) -> str:
     """The per-iteration table as fixed-width text (for the tool summary and the demo)."""
-    head = f"{'iter':>4} {'samples':>7} {'solved':>9} {'kept':>5} {'train loss':>10} {'val pass@1':>10}  model"
-    lines = [head, f"{0:>4} {'-':>7} {'-':>9} {'-':>5} {'-':>10} "
+    head = (f"{'iter':>4} {'samples':>7} {'solved':>9} {'kept':>5} {'trunc':>5} {'train loss':>10} "
+            f"{'val pass@1':>10}  model")
+    lines = [head, f"{0:>4} {'-':>7} {'-':>9} {'-':>5} {'-':>5} {'-':>10} "
                    f"{_fmt(status.base_val_pass_at_1):>10}  {short_model(status.base_model)} (base)"]
     for row in status.table:
         solved = f"{row.solved}/{row.problems}" if row.solved is not None else "-"
         lines.append(f"{row.iteration:>4} {row.samples if row.samples is not None else '-':>7} {solved:>9} "
-                     f"{row.kept if row.kept is not None else '-':>5} {_fmt(row.final_train_loss):>10} "
+                     f"{row.kept if row.kept is not None else '-':>5} "
+                     f"{row.truncated_dropped if row.truncated_dropped is not None else '-':>5} "
+                     f"{_fmt(row.final_train_loss):>10} "
                      f"{_fmt(row.val_pass_at_1):>10}  {short_model(row.fine_tuned_model) if row.fine_tuned_model else '(' + row.step + ')'}")
     return "\n".join(lines)
 
@@ -192,9 +243,10 @@ class LoopManager:
                           "message": st.message})
         return loops
 
-    async def start(self, config: LoopConfig) -> LoopState:
+    async def start(self, config: LoopConfig, *, resolved: dict[str, Any] | None = None,
+                    warnings: list[str] | None = None) -> LoopState:
         loop_id = f"loop-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        state = LoopState(loop_id=loop_id, config=config)
+        state = LoopState(loop_id=loop_id, config=config, resolved_config=resolved, warnings=list(warnings or []))
         await self._launch(state)
         return state
 

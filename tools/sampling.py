@@ -7,6 +7,7 @@ that module's docstring for the design.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -267,8 +268,16 @@ def _chat_error(failure: _RequestFailed, ctx: _ChatContext) -> ChatEndpointError
     return ChatEndpointError(code, f"the chat endpoint {url} answered {detail}. {hint}", url=url, status=status)
 
 
+def request_seed(seed: int, problem_id: str, offset: int) -> int:
+    """The ``seed`` of one sampling request (pure): a stable hash of the run's seed, the problem id and the
+    request's first sample index, in [0, 2**31). Every problem gets its own seed, so what a request samples does
+    not depend on which other requests a server batches it with (servers batch requests with equal seeds)."""
+    digest = hashlib.blake2b(f"{seed}|{problem_id}|{offset}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (2**31)
+
+
 async def _chat_request(ctx: _ChatContext, task: Task, n: int, seed_offset: int) -> list[_Sample]:
-    seed = None if ctx.settings.seed is None or ctx.greedy else ctx.settings.seed + seed_offset
+    seed = None if ctx.settings.seed is None or ctx.greedy else request_seed(ctx.settings.seed, task.id, seed_offset)
     while True:
         body = build_chat_body(
             ctx.model, task.messages, ctx.settings, n=n, greedy=ctx.greedy, seed=seed, drop=ctx.dropped

@@ -28,7 +28,7 @@ import anyio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from make_data import make_data  # noqa: E402
+from make_data import TASKS, make_data  # noqa: E402
 
 
 def say(message: str) -> None:
@@ -55,7 +55,7 @@ async def run_demo(args: argparse.Namespace) -> dict:
 
     model_dir = build_tiny_model(out / "tiny-init", size="small", seed=args.seed)
     data = make_data(out, seed=args.seed, n_seed=args.seed_examples, n_train=args.train_problems,
-                     n_val=args.val_problems)
+                     n_val=args.val_problems, task=args.task)
     say(f"built the tiny model at {model_dir} and the data in {out} (seed {args.seed})")
 
     env = {**os.environ, "LEARNING_MCP_DATA_DIR": str(out / "data"), "HF_HUB_OFFLINE": "1",
@@ -95,10 +95,12 @@ async def run_demo(args: argparse.Namespace) -> dict:
             say(f"seed model: {seed_model}")
 
             # -- ReST-EM ---------------------------------------------------------------------------------------
-            loop_args = {"config": str(HERE / "loop.toml"), "base_model": seed_model,
+            loop_args = {"config": str(Path(args.loop_config).resolve()), "base_model": seed_model,
                          "tasks": str(data["tasks"]), "wait_seconds": 10}
             if args.iterations:
                 loop_args["iterations"] = args.iterations
+            if args.loop_seed is not None:
+                loop_args["seed"] = args.loop_seed
             loop = await call(client, "run_sft_loop", loop_args)
             loop_id = loop["loop_id"]
             say(f"run_sft_loop: {loop_id} ({loop['state']})")
@@ -122,7 +124,7 @@ async def run_demo(args: argparse.Namespace) -> dict:
             say(f"held-out greedy accuracy ({loop['val_problems']} problems): seed model {base_acc:.1%} -> best "
                 f"{best_acc:.1%} (iteration {loop['best_iteration']}, {gain:+.1f} points); stopped: "
                 f"{loop['stopped_reason']}")
-            summary = {"seed": args.seed, "seed_model": seed_model, "loop_id": loop_id,
+            summary = {"task": args.task, "seed": args.seed, "seed_model": seed_model, "loop_id": loop_id,
                        "base_val_pass_at_1": base_acc, "best_val_pass_at_1": best_acc, "gain_points": gain,
                        "best_iteration": loop["best_iteration"], "stopped_reason": loop["stopped_reason"],
                        "table": loop["table"], "seconds": round(time.monotonic() - t_start, 1)}
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(HERE / "out"), help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="data and model seed")
+    parser.add_argument("--task", default="add", choices=sorted(TASKS), help="arithmetic task (default: %(default)s)")
+    parser.add_argument("--loop-config", default=str(HERE / "loop.toml"), help="loop TOML (default: %(default)s)")
+    parser.add_argument("--loop-seed", type=int, default=None, help="the loop's seed (default: the TOML's)")
     parser.add_argument("--iterations", type=int, default=None, help="override [loop] iterations")
     parser.add_argument("--seed-examples", type=int, default=400)
     parser.add_argument("--train-problems", type=int, default=2000)

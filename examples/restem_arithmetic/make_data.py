@@ -1,4 +1,5 @@
-"""Data for the ReST-EM arithmetic demo: two-digit addition, generated with a fixed seed.
+"""Data for the ReST-EM arithmetic demo: two-digit addition (or another arithmetic task, ``TASKS``), generated with
+a fixed seed.
 
 * ``seed.jsonl`` — a small SFT set of solved problems (gold answers) that turns the blank tiny model into a weak
   seed model, the "base" that ReST-EM improves.
@@ -15,14 +16,25 @@ import random
 from pathlib import Path
 
 
-def problem(a: int, b: int) -> str:
-    return f"{a}+{b}=?"
+# task name -> (operand pairs, prompt, answer): every task's problems are "<a><op><b>=?" with an integer answer
+TASKS = {
+    "add": (lambda: [(a, b) for a in range(100) for b in range(100)], "{a}+{b}=?", lambda a, b: a + b),
+    "mul_digit": (lambda: [(a, b) for a in range(100) for b in range(10)], "{a}*{b}=?", lambda a, b: a * b),
+    "sub": (lambda: [(a, b) for a in range(100) for b in range(a + 1)], "{a}-{b}=?", lambda a, b: a - b),
+    "add3": (lambda: [(a, b) for a in range(1000) for b in range(10)], "{a}+{b}=?", lambda a, b: a + b),
+}
+
+
+def problem(a: int, b: int, task: str = "add") -> str:
+    return TASKS[task][1].format(a=a, b=b)
 
 
 def make_data(out_dir: Path, *, seed: int = 0, n_seed: int = 400, n_train: int = 2000, n_val: int = 500,
-              max_operand: int = 99) -> dict[str, Path]:
+              max_operand: int = 99, task: str = "add") -> dict[str, Path]:
     rng = random.Random(seed)
-    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+    pairs = TASKS[task][0]() if task != "add" else [(a, b) for a in range(max_operand + 1)
+                                                     for b in range(max_operand + 1)]
+    answer = TASKS[task][2]
     rng.shuffle(pairs)
     need = n_seed + n_train + n_val
     if need > len(pairs):
@@ -34,14 +46,14 @@ def make_data(out_dir: Path, *, seed: int = 0, n_seed: int = 400, n_train: int =
     seed_path = out_dir / "seed.jsonl"
     with open(seed_path, "w") as fh:
         for a, b in seed_pairs:
-            fh.write(json.dumps({"messages": [{"role": "user", "content": problem(a, b)},
-                                              {"role": "assistant", "content": str(a + b)}]}) + "\n")
+            fh.write(json.dumps({"messages": [{"role": "user", "content": problem(a, b, task)},
+                                              {"role": "assistant", "content": str(answer(a, b))}]}) + "\n")
     tasks_path = out_dir / "tasks.jsonl"
     with open(tasks_path, "w") as fh:
         for split, chunk in (("train", train_pairs), ("validation", val_pairs)):
             for a, b in chunk:
-                fh.write(json.dumps({"id": f"{a}+{b}", "prompt": problem(a, b), "answer": str(a + b),
-                                     "split": split}) + "\n")
+                fh.write(json.dumps({"id": problem(a, b, task)[:-2], "prompt": problem(a, b, task),
+                                     "answer": str(answer(a, b)), "split": split}) + "\n")
     return {"seed": seed_path, "tasks": tasks_path}
 
 
