@@ -14,7 +14,8 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from learning_mcp.tools.config_source import CONFIG_ARG_HELP
-from learning_mcp.server.common import CANCELS, READ_ONLY_LOCAL, STARTS_WORK, result, state_of, tool_errors
+from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, STARTS_WORK, png_image_content, result, state_of,
+                                        tool_errors)
 from learning_mcp.tools.eval_runs import EvalStatusResult, eval_call
 from learning_mcp.tools.filter_run import FilterResult, filter_traces_call
 from learning_mcp.tools.loop import (LOOP_CHART_FILE, default_warnings, loop_config_with_sources, preflight,
@@ -98,13 +99,11 @@ def register_loop_tools(server: MCPServer) -> None:
                     lambda: loop_samples(state, mgr.loop_dir(loop_id), include_samples))
             png = None
             if chart:
-                from learning_mcp.tools import charts
-
                 png = await anyio.to_thread.run_sync(lambda: loop_chart(state, mgr.loop_dir(loop_id)))
                 status.chart_path = str(mgr.loop_dir(loop_id) / LOOP_CHART_FILE)
         out = result(status, f"loop {loop_id}: {state.state} — {state.message}\n{format_table(status)}")
         if png is not None:
-            out.content.append(charts.png_image_content(png))
+            out.content.append(png_image_content(png))
         return out
 
     @server.tool(title="Cancel a loop", annotations=CANCELS)

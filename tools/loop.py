@@ -21,23 +21,29 @@ deleted first). Everything the loop does goes through the same functions as the 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping
 
 import anyio
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learning_mcp.tools import jobs as job_ops
-from learning_mcp.tools.atomic import write_text_atomic
+from learning_mcp.tools.atomic import write_bytes_atomic, write_text_atomic
+from learning_mcp.tools.charts import loop_chart_png
 from learning_mcp.tools.client import LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import parse_toml, read_config_source
 from learning_mcp.tools.errors import ToolFailure, api_failure
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
+from learning_mcp.tools.model_checks import model_config_json
 from learning_mcp.tools.rewards import VerifierError, make_verifier, zero_score_warning
+from learning_mcp.tools.sampling import EvalSummary, normalize_chat_url
 from learning_mcp.tools.settings import endpoint_key
 from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
 from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
@@ -201,7 +207,6 @@ def default_hyperparameters(model: str) -> tuple[dict[str, Any], str]:
     """``(hyperparameters, why)`` for an M-step of ``model`` when nothing else sets them: chosen by the model's
     ``hidden_size`` (:data:`DEFAULT_HYPERPARAMETERS`); a model whose config cannot be read here (a remote ``ft:``
     id) gets the large-model row, and ``why`` says so."""
-    from learning_mcp.tools.model_checks import model_config_json
 
     config = model_config_json(model) or {}
     width = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
@@ -555,9 +560,6 @@ class LoopRunner:
     def _write_chart(self) -> None:
         """``<loop_dir>/chart.png`` (:func:`~learning_mcp.tools.charts.loop_chart_png`); skipped without matplotlib."""
         try:
-            from learning_mcp.tools.atomic import write_bytes_atomic
-            from learning_mcp.tools.charts import loop_chart_png
-
             write_bytes_atomic(self.dir / LOOP_CHART_FILE, loop_chart_png(self.state))
         except ImportError:
             pass
@@ -769,9 +771,7 @@ async def preflight_model(cfg: LoopConfig, target, environ: Mapping[str, str] | 
     that rejects the MODEL (HTTP 400/404 naming ``model``, or a ``model_*`` error code) refuses the loop with
     ``model_not_loadable`` and the server's full reason; an unreachable or slow endpoint is left to the loop,
     whose status reports it. Raises ``ToolFailure``."""
-    import httpx
 
-    from learning_mcp.tools.sampling import normalize_chat_url
 
     try:
         url = normalize_chat_url(cfg.chat_url or target.chat_url)
@@ -808,7 +808,6 @@ async def preflight_model(cfg: LoopConfig, target, environ: Mapping[str, str] | 
 def merge_summaries(parts: list[Any]) -> Any:
     """One :class:`~learning_mcp.tools.sampling.EvalSummary` for evals over disjoint problem sets (pure):
     counts add up, per-problem rates are weighted by problems."""
-    from learning_mcp.tools.sampling import EvalSummary
 
     if len(parts) == 1:
         return parts[0]
@@ -829,9 +828,7 @@ def balance_kept(path: Path, per_problem: int) -> int:
     """Rewrite the kept SFT file so every problem has exactly ``per_problem`` examples: a problem's kept samples
     are repeated in turn (a problem with one correct sample weighs as much as one with many). Returns the number
     of examples written. Problems are read from ``metadata.task_id`` (the filter's output shape)."""
-    import json
 
-    from learning_mcp.tools.atomic import write_text_atomic
 
     groups: dict[str, list[str]] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -847,7 +844,6 @@ def mstep_config(cfg: LoopConfig, model: str, *, kept: int | None = None) -> dic
     """The M-step's SFT config: :func:`sft_config_doc` with ``hyperparameters`` merged in, the loop ``seed`` as
     the training seed (unless set), and with ``mstep_epochs`` a ``total_steps`` of
     ``ceil(mstep_epochs * kept / per_device_batch)`` (``kept`` unknown in preflight: 1 step)."""
-    import math
 
     doc = apply_hyperparameter_overrides(sft_config_doc(cfg.sft_config, model), cfg.hyperparameters)
     hp = doc.setdefault("hyperparameters", {})

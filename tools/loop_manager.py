@@ -25,8 +25,11 @@ import anyio
 from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field, ValidationError
 
+from learning_mcp.tools.atomic import write_bytes_atomic
+from learning_mcp.tools.charts import loop_chart_png
 from learning_mcp.tools.errors import ToolFailure
-from learning_mcp.tools.eval_runs import EvalRuns
+from learning_mcp.tools.eval_runs import EvalRuns, sample_completions
+from learning_mcp.tools.traces import TraceStore
 from learning_mcp.tools.loop import LOOP_CHART_FILE, IterationRecord, LoopConfig, LoopRunner, LoopState
 
 log = logging.getLogger("learning_mcp.server.loops")
@@ -126,8 +129,6 @@ def loop_samples(state: LoopState, state_dir: Path, k: int) -> list[dict[str, An
     """Up to ``k`` completions per problem (:func:`~learning_mcp.tools.eval_runs.sample_completions`) of the
     loop's latest validation eval (iteration 0 = the seed model), or of its latest sampling round when it has no
     validation split. Empty before the first eval."""
-    from learning_mcp.tools.eval_runs import sample_completions
-    from learning_mcp.tools.traces import TraceStore
 
     db = state_dir / "traces.sqlite"
     if not db.is_file():
@@ -148,12 +149,9 @@ def loop_chart(state: LoopState, state_dir: Path) -> bytes:
     """The loop's chart PNG (:func:`~learning_mcp.tools.charts.loop_chart_png`), rendered from the current state
     and written to ``<state_dir>/chart.png``. Raises ``ToolFailure`` ``charts_unavailable`` without matplotlib."""
     try:
-        from learning_mcp.tools.charts import loop_chart_png
+        png = loop_chart_png(state)
     except ImportError:
         raise ToolFailure("charts_unavailable", "charts need matplotlib: pip install 'learning-mcp[charts]'") from None
-    from learning_mcp.tools.atomic import write_bytes_atomic
-
-    png = loop_chart_png(state)
     write_bytes_atomic(state_dir / LOOP_CHART_FILE, png)
     return png
 
