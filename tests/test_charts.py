@@ -129,9 +129,10 @@ async def test_get_job_status_chart_returns_image_content_and_writes_the_png(bac
                                                                            anyio_backend):
     from mcp import Client
 
-    from learning_mcp.server.app import ServerSettings, create_server
+    from learning_mcp.server.app import create_server
+    from learning_mcp.tools.settings import Settings
 
-    server = create_server(ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
+    server = create_server(Settings.load(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
     async with Client(server) as client:
         plain = await client.call_tool("get_job_status", {"job_id": job_with_validation})
         charted = await client.call_tool("get_job_status", {"job_id": job_with_validation, "chart": True})

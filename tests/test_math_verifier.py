@@ -324,7 +324,8 @@ async def test_mcp_eval_tool_with_the_math_verifier_reads_gsm8k_references(backe
     """The case file (references ending '#### N'), answered in grader-equivalent forms, through the `eval` tool."""
     from mcp import Client
 
-    from learning_mcp.server.app import ServerSettings, create_server
+    from learning_mcp.server.app import create_server
+    from learning_mcp.tools.settings import Settings
 
     tasks = tmp_path / "gsm8k_style_references.jsonl"
     rows = CASE_LINES + [{"id": "m1", "prompt": "What is 3/4 as a decimal, negated?", "answer": "-0.75",
@@ -337,7 +338,7 @@ async def test_mcp_eval_tool_with_the_math_verifier_reads_gsm8k_references(backe
         return next(text for prefix, text in answers.items() if messages[-1]["content"].startswith(prefix))
 
     with start_chat_stub(answer) as stub:
-        settings = ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp"))
+        settings = Settings.load(backend_url=backend.url, data_dir=str(tmp_path / "mcp"))
         async with Client(create_server(settings)) as client:
             results = {}
             for verifier in ("math", "exact"):
