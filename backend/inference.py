@@ -19,15 +19,30 @@ Batching
 Decoding (training-notes §9.2 gotchas)
     ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)`` then tokenise with
     ``add_special_tokens=False``; pad/eos ids passed explicitly; each row is cut at the first EOS /
-    ``<|im_end|>``, pad stripped, special tokens skipped; then cut at the first ``stop`` string.
+    ``<|im_end|>``, pad stripped, special tokens skipped. ``chat_template_kwargs`` from the request body (e.g.
+    ``{"enable_thinking": false}``) are passed to ``apply_chat_template``, as vLLM's API does.
     ``finish_reason`` is ``"stop"`` when an end token or stop string ended the text, else ``"length"``.
+
+Stop strings
+    ``stop`` strings END generation: ``generate`` gets a ``StoppingCriteria`` that, after every step, decodes the
+    last few GENERATED tokens of each row and finishes that row as soon as they contain a stop string, so no tokens
+    are spent past it. (transformers' own ``stop_strings`` also matches a stop string that begins in the prompt –
+    ``"\\n\\n"`` after a template's ``"assistant\\n"`` would end generation at its first token – hence our own.)
+    The returned text ends before the earliest stop string (which is not returned), ``finish_reason`` is ``"stop"``,
+    and ``usage.completion_tokens`` counts the tokens generated up to and including the one that completed the stop
+    string – as vLLM counts them, and as an end token is counted – never the padding after it. Stop strings are part
+    of the batching key, so rows of one ``generate`` call share them. ``stats["decode_steps"]`` counts the steps
+    ``generate`` actually ran.
     With ``seed`` set, the batch runs under a forked RNG seeded with it, so a request served alone is
     reproducible (a batch shares one seed; its rows still get different samples).
 
 Models
     Loaded on first use through :mod:`.modelref` (LoRA adapters merged) and kept in an LRU cache of
     ``max_loaded_models`` entries keyed by model id, so a model fine-tuned after the engine started is
-    served without a restart. torch/transformers are imported lazily.
+    served without a restart. Before a model is loaded, least-recently-used ones are evicted until it fits
+    the count and the memory budget (``memory_budget_mb``, ``LEARNING_MCP_INFERENCE_MEMORY_MB``); models
+    unused for ``idle_unload_s`` (``LEARNING_MCP_INFERENCE_IDLE_UNLOAD_S``, default 600) are unloaded
+    (:mod:`.memory`). torch/transformers are imported lazily.
 """
 
 from __future__ import annotations
@@ -44,6 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from learning_mcp.tools.errors import LearningMCPError
+
+from .memory import available_bytes, estimate_model_bytes, loaded_bytes
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -68,18 +86,17 @@ IGNORED_FIELDS = {
     "repetition_penalty", "min_p",
 }
 KNOWN_FIELDS = {"model", "messages", "tools", "n", "temperature", "top_p", "top_k", "max_tokens",
-                "max_completion_tokens", "stop", "seed", "stream"} | IGNORED_FIELDS
+                "max_completion_tokens", "stop", "seed", "stream", "chat_template_kwargs"} | IGNORED_FIELDS
+# apply_chat_template arguments the engine sets itself; chat_template_kwargs may not override them
+RESERVED_TEMPLATE_KWARGS = {"conversation", "messages", "tools", "tokenize", "add_generation_prompt", "return_dict",
+                            "return_tensors", "continue_final_message", "chat_template", "tokenizer_kwargs"}
 
 
-class InferenceError(Exception):
+class InferenceError(LearningMCPError):
     """A request the engine refuses; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(code, message, param=param, status=status)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,6 +113,7 @@ class SamplingParams:
     top_k: int
     max_tokens: int
     seed: int | None
+    stop: tuple[str, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -110,6 +128,7 @@ class ChatRequest:
     n: int
     sampling: SamplingParams
     stop: list[str]
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _bad(message: str, param: str, status: int = 400, code: str = "invalid_request") -> InferenceError:
@@ -193,7 +212,17 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise _bad("stop must be a string or a list of strings", "stop", 422, "invalid_type")
     if len(stops) > MAX_STOP_STRINGS:
         raise _bad(f"at most {MAX_STOP_STRINGS} stop strings are supported", "stop")
-    stops = [s for s in stops if s]
+    stops = list(dict.fromkeys(s for s in stops if s))
+    template_kwargs = body.get("chat_template_kwargs")
+    if template_kwargs is None:
+        template_kwargs = {}
+    elif not isinstance(template_kwargs, dict):
+        raise _bad("chat_template_kwargs must be an object, e.g. {\"enable_thinking\": false}", "chat_template_kwargs",
+                   422, "invalid_type")
+    reserved = sorted(set(template_kwargs) & RESERVED_TEMPLATE_KWARGS)
+    if reserved:
+        raise _bad(f"chat_template_kwargs may not set {', '.join(reserved)} (the server sets it)",
+                   "chat_template_kwargs")
     unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
         logger.debug("ignoring unknown chat-completion fields %s", unknown)
@@ -202,15 +231,49 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if temperature == 0.0:
         top_p, top_k = 1.0, 0
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k or 0, max_tokens=max_tokens,
-                              seed=seed)
+                              seed=seed, stop=tuple(stops))
     return ChatRequest(model=model.strip(), messages=messages, tools=tools or None, n=n, sampling=sampling,
-                       stop=stops)
+                       stop=stops, chat_template_kwargs=dict(template_kwargs))
 
 
 def apply_stop_strings(text: str, stops: list[str]) -> tuple[str, bool]:
     """Cut ``text`` at the earliest stop string; ``(text, stopped)``."""
     cut = min((index for index in (text.find(s) for s in stops) if index >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _stop_criteria(tokenizer: Any, stops: tuple[str, ...], prompt_width: int) -> Any:
+    """A ``StoppingCriteriaList`` that ends each row once its generated text (after ``prompt_width``) contains a
+    stop string. Only the last ``longest stop + 4`` tokens are decoded per step (a token decodes to >= 1 character,
+    so a stop string completed by the newest token lies inside them)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    window = max(len(stop) for stop in stops) + 4
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            generated = input_ids[:, prompt_width:]
+            done = [
+                any(stop in tokenizer.decode(row[-window:].tolist(), skip_special_tokens=True) for stop in stops)
+                for row in generated
+            ]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnStrings()])
+
+
+def _tokens_to_stop(tokenizer: Any, tokens: list[int], stops: tuple[str, ...]) -> int:
+    """The fewest leading ``tokens`` whose decoded text contains a stop string (binary search; the text of a
+    longer prefix contains that of a shorter one). ``len(tokens)`` when no prefix does."""
+    low, high = 1, len(tokens)
+    while low < high:
+        middle = (low + high) // 2
+        if any(stop in tokenizer.decode(tokens[:middle], skip_special_tokens=True) for stop in stops):
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,6 +290,8 @@ class _LoadedModel:
     eos_ids: list[int]
     pad_id: int
     context_size: int | None
+    bytes: int = 0  # parameters + buffers (memory.loaded_bytes)
+    last_used: float = 0.0  # time.monotonic() of the last request that used it
 
 
 @dataclass
@@ -249,9 +314,16 @@ class InferenceEngine:
     """Serves chat completions for base and fine-tuned models; see the module docstring."""
 
     def __init__(self, models_dir: Path, *, max_batch_size: int = 64, batch_window_s: float = 0.01,
-                 max_loaded_models: int = 2, device: str | None = None) -> None:
+                 max_loaded_models: int = 2, device: str | None = None, memory_budget_mb: int | None = None,
+                 idle_unload_s: float | None = None) -> None:
         if max_batch_size < 1 or max_loaded_models < 1:
             raise ValueError("max_batch_size and max_loaded_models must be >= 1")
+        # the operator's settings (Settings.inference_memory_mb / inference_idle_unload_s), passed by backend/state.py
+        memory_budget_mb = 0 if memory_budget_mb is None else memory_budget_mb
+        idle_unload_s = 600.0 if idle_unload_s is None else idle_unload_s
+        self.idle_unload_s = max(0.0, float(idle_unload_s))  # 0: never unload idle models
+        self._idle_stop = threading.Event()
+        self._idle_thread: threading.Thread | None = None
         self.models_dir = Path(models_dir)
         self.max_batch_size = max_batch_size
         self.batch_window_s = max(0.0, batch_window_s)
@@ -266,7 +338,7 @@ class InferenceEngine:
         self._closed = False
         self.stats: dict[str, int] = {"generate_calls": 0, "requests": 0, "batched_requests": 0,
                                       "generated_tokens": 0, "prompt_tokens": 0, "max_batch_rows": 0,
-                                      "model_loads": 0}
+                                      "model_loads": 0, "decode_steps": 0}
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -294,6 +366,7 @@ class InferenceEngine:
     def close(self) -> None:
         """Drop every loaded model and refuse further requests."""
         self._closed = True
+        self._idle_stop.set()
         for task in list(self._flushers.values()):
             task.cancel()
         with self._models_lock:
@@ -393,6 +466,7 @@ class InferenceEngine:
             loaded = self._models.get(model_id)
             if loaded is not None:
                 self._models.move_to_end(model_id)
+                loaded.last_used = time.monotonic()
                 return loaded
         try:
             resolved = resolve_model(model_id, self.models_dir)
@@ -405,6 +479,7 @@ class InferenceEngine:
                 import torch
 
                 dtype = torch.float32
+        self._make_room(model_id, resolved, dtype)
         started = time.perf_counter()
         try:
             tokenizer = load_tokenizer(resolved)
@@ -424,7 +499,9 @@ class InferenceEngine:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         loaded = _LoadedModel(resolved=resolved, model=model, tokenizer=tokenizer, device=device, eos_ids=eos_ids,
-                              pad_id=pad_id, context_size=context)
+                              pad_id=pad_id, context_size=context, bytes=loaded_bytes(model),
+                              last_used=time.monotonic())
+        self._start_idle_unloader()
         with self._models_lock:
             self._models[model_id] = loaded
             self.stats["model_loads"] += 1
@@ -435,13 +512,75 @@ class InferenceEngine:
         logger.info("serving %s (%s) after %.2f s", model_id, resolved.kind, time.perf_counter() - started)
         return loaded
 
+    def _make_room(self, model_id: str, resolved: ResolvedModel, dtype: Any) -> None:
+        """Evict least-recently-used models until ``model_id`` fits (count and byte budget) — before loading it;
+        refuse (503 ``insufficient_memory``) a model larger than the budget or the machine's available memory."""
+        need = estimate_model_bytes(resolved, self.models_dir, dtype)
+        evicted = []
+        with self._models_lock:
+            while self._models and (
+                    len(self._models) >= self.max_loaded_models
+                    or (self.memory_budget_bytes and sum(m.bytes for m in self._models.values()) + need
+                        > self.memory_budget_bytes)):
+                evicted.append(self._models.popitem(last=False)[0])
+        if evicted:
+            logger.info("evicted %s from the inference cache to load %s", ", ".join(evicted), model_id)
+            self._release_memory()
+        mb = need / 2**20
+        if self.memory_budget_bytes and need > self.memory_budget_bytes:
+            raise InferenceError(503, "insufficient_memory", f"model {model_id!r} needs about {mb:.0f} MB, more than "
+                                 f"the inference memory budget ({self.memory_budget_bytes / 2**20:.0f} MB); raise "
+                                 "LEARNING_MCP_INFERENCE_MEMORY_MB or serve a smaller model", "model")
+        available = available_bytes()
+        if available is not None and need > 0.9 * available:
+            raise InferenceError(503, "insufficient_memory", f"model {model_id!r} needs about {mb:.0f} MB but this "
+                                 f"machine has {available / 2**20:.0f} MB available (a training job may be using "
+                                 "it); retry when the job has finished", "model")
+
+    @staticmethod
+    def _release_memory() -> None:
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover
+            pass
+
+    def _start_idle_unloader(self) -> None:
+        if not self.idle_unload_s or self._idle_thread is not None:
+            return
+        self._idle_thread = threading.Thread(target=self._unload_idle_loop, name="inference-idle-unload", daemon=True)
+        self._idle_thread.start()
+
+    def _unload_idle_loop(self) -> None:
+        interval = max(0.05, min(30.0, self.idle_unload_s / 4))
+        while not self._idle_stop.wait(interval):
+            self.unload_idle()
+
+    def unload_idle(self) -> list[str]:
+        """Unload models unused for ``idle_unload_s`` seconds; returns their ids (runs every
+        ``idle_unload_s / 4`` s, at most 30 s, in a daemon thread once a model is loaded)."""
+        if not self.idle_unload_s:
+            return []
+        cutoff = time.monotonic() - self.idle_unload_s
+        with self._models_lock:
+            idle = [model_id for model_id, m in self._models.items() if m.last_used < cutoff]
+            for model_id in idle:
+                del self._models[model_id]
+        if idle:
+            logger.info("unloaded idle model(s) %s", ", ".join(idle))
+            self._release_memory()
+        return idle
+
     # -- generation (worker thread) -------------------------------------------------------------------
 
     def _render_prompt(self, loaded: _LoadedModel, request: ChatRequest) -> list[int]:
         tokenizer = loaded.tokenizer
         try:
             text = tokenizer.apply_chat_template(request.messages, tools=request.tools, add_generation_prompt=True,
-                                                 tokenize=False)
+                                                 tokenize=False, **request.chat_template_kwargs)
         except Exception as exc:
             if not any(isinstance(m.get("content"), (list, dict)) for m in request.messages):
                 raise InferenceError(400, "invalid_messages", f"the model's chat template cannot render these "
@@ -449,7 +588,8 @@ class InferenceEngine:
             from .trainer import flatten_multimodal
 
             text = tokenizer.apply_chat_template(flatten_multimodal(request.messages), tools=request.tools,
-                                                 add_generation_prompt=True, tokenize=False)
+                                                 add_generation_prompt=True, tokenize=False,
+                                                 **request.chat_template_kwargs)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _run_batch(self, model_id: str, sampling: SamplingParams,
@@ -497,10 +637,9 @@ class InferenceEngine:
             request = batch[i].request
             samples = texts[i] * request.n if sampling.greedy else texts[i]
             out_texts, reasons, counts = [], [], []
-            for text, reason, count in samples[: request.n]:
-                text, stopped = apply_stop_strings(text, request.stop)
+            for text, reason, count in samples[: request.n]:  # stop strings were applied by _generate
                 out_texts.append(text)
-                reasons.append("stop" if stopped else reason)
+                reasons.append(reason)
                 counts.append(count)
             results[i] = _Completion(texts=out_texts, finish_reasons=reasons, completion_tokens=counts,
                                      prompt_tokens=len(prompts[i]))  # type: ignore[arg-type]
@@ -537,11 +676,13 @@ class InferenceEngine:
         max_new = sampling.max_tokens
         if loaded.context_size:
             max_new = max(1, min(max_new, loaded.context_size - width))
+        extra = {"stopping_criteria": _stop_criteria(tokenizer, sampling.stop, width)} if sampling.stop else {}
         output = loaded.model.generate(input_ids=input_ids.to(loaded.device),
                                        attention_mask=attention.to(loaded.device),
-                                       generation_config=self._generation_config(loaded, sampling, max_new))
+                                       generation_config=self._generation_config(loaded, sampling, max_new), **extra)
         self.stats["generate_calls"] += 1
         self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], len(prompts))
+        self.stats["decode_steps"] += int(output.shape[1]) - width
         new_tokens = output[:, width:].tolist()
         decoded: list[tuple[str, str, int]] = []
         eos = set(loaded.eos_ids)
@@ -551,8 +692,13 @@ class InferenceEngine:
             kept = tokens[:end] if end is not None else tokens
             kept = [t for t in kept if t != loaded.pad_id]
             count = (end + 1) if end is not None else len(kept)
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            cut_text, stopped = apply_stop_strings(text, list(sampling.stop))
+            if stopped:
+                text, reason = cut_text, "stop"
+                count = _tokens_to_stop(tokenizer, kept, sampling.stop)
             self.stats["generated_tokens"] += count
-            decoded.append((tokenizer.decode(kept, skip_special_tokens=True), reason, count))
+            decoded.append((text, reason, count))
         return decoded
 
     # -- response -----------------------------------------------------------------------------------

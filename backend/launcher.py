@@ -17,10 +17,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import ValidationError
+
+from learning_mcp import __version__
+from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.tools.atomic import write_text_atomic
+from learning_mcp.tools.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def write_backend_file(data_dir: Path, url: str) -> None:
-    from learning_mcp.tools.atomic import write_text_atomic
-
-    info = {"url": url, "pid": os.getpid(), "version": _version(), "started_at": time.time()}
+    info = {"url": url, "pid": os.getpid(), "version": __version__, "started_at": time.time()}
     write_text_atomic(data_dir / BACKEND_FILE, json.dumps(info))
 
 
@@ -71,12 +76,6 @@ def read_backend_file(data_dir: Path) -> dict | None:
         return None
 
 
-def _version() -> str:
-    from learning_mcp import __version__
-
-    return __version__
-
-
 def healthy(url: str, timeout: float = 2.0, api_key: str | None = None, data_dir: Path | None = None) -> bool:
     """The backend at ``url`` answers — and, with ``data_dir``, it is the one serving that data directory
     (a stale backend.json may point at a port another backend reuses)."""
@@ -91,15 +90,35 @@ def healthy(url: str, timeout: float = 2.0, api_key: str | None = None, data_dir
     return data_dir is None or Path(body.get("data_dir", "")).resolve() == Path(data_dir).resolve()
 
 
+def load_settings(env_files: list[str] | tuple[str, ...] = (), **overrides) -> Settings:
+    """The backend's settings, built once: flags (``overrides``; None means "not given") over ``--env-file`` files
+    over the environment over a ``.env`` in the working directory. Raises ``BackendStartError`` naming the bad
+    value or the missing env file."""
+    try:
+        return Settings.load(env_files, **overrides)
+    except FileNotFoundError as exc:
+        raise BackendStartError(str(exc)) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BackendStartError(f"invalid setting: {problems}") from None
+
+
 def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike | None = None,
-          api_key: str | None = None, log_level: str = "info") -> int:
-    """Run the backend in the foreground until interrupted."""
+          api_key: str | None = None, log_level: str = "info", *, settings: Settings | None = None,
+          env_files: list[str] | tuple[str, ...] = ()) -> int:
+    """Run the backend in the foreground until interrupted. ``settings`` defaults to :func:`load_settings` with
+    ``api_key`` and ``env_files``; the backend reads nothing from the environment after that."""
     import uvicorn
 
-    from learning_mcp.backend.app import create_app
-    from learning_mcp.paths import data_dir as resolve_data_dir
+    from learning_mcp.backend.app import create_app  # FastAPI: only when serving
 
-    api_key = api_key or os.environ.get("LEARNING_MCP_BACKEND_KEY") or None
+    if settings is None:
+        try:
+            settings = load_settings(env_files, backend_key=api_key)
+        except BackendStartError as exc:
+            log.error("%s", exc)
+            return 2
+    api_key = settings.local_key
     if not _is_loopback(host) and not api_key:
         log.error("refusing to listen on %s without an API key: pass --api-key or set LEARNING_MCP_BACKEND_KEY", host)
         return 2
@@ -111,8 +130,8 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
         log.error("cannot listen on %s:%s: %s (is another backend running? `learning-mcp backend --status`)",
                   host, port, exc.strerror or exc)
         return 2
-    root = resolve_data_dir(data_dir)
-    app = create_app(root, api_key=api_key)
+    root = resolve_data_dir(data_dir or settings.data_dir)
+    app = create_app(root, settings=settings)
     app.state.shutdown_hooks.append(lambda: remove_backend_file(root))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
@@ -140,8 +159,12 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
     return 0
 
 
-def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0) -> BackendInfo:
-    """Return a healthy backend for ``data_dir``, starting a detached one if none is running."""
+def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0,
+                   environ: Mapping[str, str] | None = None) -> BackendInfo:
+    """Return a healthy backend for ``data_dir``, starting a detached one if none is running.
+
+    ``environ``: the environment the detached backend starts with (the caller's ``Settings.environ``, so values
+    from its ``--env-file`` reach the backend); None inherits this process's environment."""
     data_dir.mkdir(parents=True, exist_ok=True)
     info = read_backend_file(data_dir)
     if info and healthy(info["url"], data_dir=data_dir):
@@ -159,7 +182,8 @@ def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0) -> BackendI
         cmd = [sys.executable, "-m", "learning_mcp", "backend", "--host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(data_dir)]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True,
+                                env=dict(environ) if environ is not None else None)
         log_file.close()
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + start_timeout_s

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from learning_mcp.tools.errors import LearningMCPError
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "learning_mcp_model.json"
@@ -45,18 +47,17 @@ _MAX_LORA_CHAIN = 8  # ft lora on ft lora on …: a cycle guard, not a practical
 ModelKind = Literal["base", "full", "lora"]
 
 
-class ModelRefError(Exception):
+class ModelRefError(LearningMCPError):
     """A model id that cannot be used; ``code``/``message``/``param`` feed the API's error object."""
 
     def __init__(self, code: str, message: str, param: str | None = "model") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(code, message, param=param)
 
 
 class ModelNotFoundError(ModelRefError):
     """The id names nothing this backend has (unknown ft id, missing local directory)."""
+
+    status = 404
 
 
 class ModelNotLoadableError(ModelRefError):
@@ -352,7 +353,14 @@ def progress_bars_disabled():
 
 
 SMALL_MODEL_PARAMETERS = 50_000_000
-TORCH_THREADS_ENV = "LEARNING_MCP_TORCH_THREADS"
+_forced_torch_threads: int | None = None
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Force the intra-op CPU thread count of :func:`cpu_threads_for` for every model (``Settings.torch_threads``,
+    ``LEARNING_MCP_TORCH_THREADS``); None restores the automatic choice. Set once per process at start-up."""
+    global _forced_torch_threads
+    _forced_torch_threads = threads if threads and threads > 0 else None
 
 
 @contextlib.contextmanager
@@ -361,8 +369,8 @@ def cpu_threads_for(model: Any, device: str):
 
     Tiny models gain nothing from intra-op parallelism, and on a shared machine OpenMP threads that
     spin-wait for a busy sibling core make a step 10-20x slower (measured: 14 ms vs 200-300 ms per step
-    for the ``small`` test model on 2 loaded cores). ``LEARNING_MCP_TORCH_THREADS`` forces a count for
-    every model. The setting is per thread in ATen's OpenMP backend, so call this in the thread that
+    for the ``small`` test model on 2 loaded cores). :func:`set_torch_threads` (``LEARNING_MCP_TORCH_THREADS``)
+    forces a count for every model. The setting is per thread in ATen's OpenMP backend, so call this in the thread that
     does the work; the previous value is restored.
     """
     if not device.startswith("cpu"):
@@ -370,11 +378,8 @@ def cpu_threads_for(model: Any, device: str):
         return
     import torch
 
-    wanted: int | None = None
-    forced = os.environ.get(TORCH_THREADS_ENV, "").strip()
-    if forced.isdigit() and int(forced) > 0:
-        wanted = int(forced)
-    elif sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS:
+    wanted: int | None = _forced_torch_threads
+    if wanted is None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS:
         wanted = 1
     previous = torch.get_num_threads()
     if wanted is None or wanted == previous:
@@ -403,9 +408,12 @@ def load_tokenizer(resolved: ResolvedModel):
 
 
 def _load_causal_lm(path: str, dtype: Any, **kwargs: Any):
-    from transformers import AutoModelForCausalLM
+    """The checkpoint at ``path`` with its auto class: ``AutoModelForImageTextToText`` for vision-language
+    models (backend/vision.py), else ``AutoModelForCausalLM``."""
+    from .vision import auto_model_class, path_is_vision_language
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=_local_only(path), **kwargs)
+    auto_class = auto_model_class(path_is_vision_language(path))
+    return auto_class.from_pretrained(path, dtype=dtype, local_files_only=_local_only(path), **kwargs)
 
 
 def load_model_weights(resolved: ResolvedModel, models_dir: Path, dtype: Any, *, _depth: int = 0):

@@ -22,11 +22,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from learning_mcp.backend.distributed import LaunchPlan, launcher_env, plan_launch, worker_command
 from learning_mcp.backend.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def _is_our_worker(pid: int, job_id: str) -> bool:
             cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return _pid_alive(pid)
-    return "learning_mcp.backend.worker" in cmdline and job_id in cmdline
+    return ("learning_mcp.backend.worker" in cmdline or "learning_mcp.backend.ray_backend" in cmdline) \
+        and job_id in cmdline
 
 
 def describe_exit(code: int | None) -> str:
@@ -98,8 +100,12 @@ def finish_cancelled(store: Store, job_id: str, message: str = "job cancelled") 
 
 class Scheduler:
     def __init__(self, store: Store, *, max_concurrent: int = 1, poll_s: float = 0.25, kill_after_s: float = 15.0,
-                 file_wait_s: float = 600.0):
+                 file_wait_s: float = 600.0, worker_env: Mapping[str, str] | None = None,
+                 ray_address: str | None = None):
         self.store = store
+        self.worker_env = dict(worker_env) if worker_env is not None else None  # None: this process's environment
+        # a Ray cluster (Settings.ray_address / LEARNING_MCP_RAY_ADDRESS): jobs run as Ray Train jobs
+        self.ray_address = ray_address
         self.max_concurrent = max(1, max_concurrent)
         self.poll_s = poll_s
         self.kill_after_s = kill_after_s
@@ -202,15 +208,25 @@ class Scheduler:
             return
         log_path = self.store.paths.logs / f"worker-{job_id}.log"
         log_file = open(log_path, "ab")
-        cmd = [sys.executable, "-m", "learning_mcp.backend.worker", "--data-dir", str(self.store.paths.root),
-               "--job-id", job_id]
-        env = dict(os.environ)
+        plan = plan_launch(job.get("_payload") or {})  # several processes under torchrun: backend/distributed.py
+        cmd = worker_command(plan, self.store.paths.root, job_id)
+        base_env = dict(os.environ if self.worker_env is None else self.worker_env)
+        env = {**base_env, **launcher_env(plan)}
+        if self.ray_address:  # a Ray Train job: backend/ray_backend.py
+            from learning_mcp.backend.ray_backend import driver_command, scaling_for
+
+            cmd, env = driver_command(self.ray_address, self.store.paths.root, job_id), base_env
+            plan = LaunchPlan(scaling_for(job.get("_payload") or {})["num_workers"], "ray", "ray", "ray", plan.requested)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=plan.world_size > 1)  # a group: SIGKILL reaches every rank
         self._running[job_id] = _Running(job_id, popen.pid, popen, log_file=log_file)
         self.store.set_job_status(job_id, "running", worker_pid=popen.pid)
-        self.store.add_event(job_id, "sft.running", f"training worker started (pid {popen.pid})",
-                             {"pid": popen.pid, "log": str(log_path)})
+        launcher = "ray" if self.ray_address else plan.launcher
+        launched = f" via {launcher}, {plan.world_size} processes" if launcher else ""
+        self.store.add_event(job_id, "sft.running", f"training worker started (pid {popen.pid}){launched}",
+                             {"pid": popen.pid, "log": str(log_path), **plan.as_event_data(), "launcher": launcher},
+                             level="warning" if plan.note else "info")
 
     def _handle_cancels(self) -> None:
         for job in self.store.list_jobs(status="queued", limit=1000):
@@ -231,7 +247,10 @@ class Scheduler:
 
     def _signal(self, run: _Running, sig: int) -> None:
         try:
-            os.kill(run.pid, sig)
+            if sig == signal.SIGKILL and os.getpgid(run.pid) == run.pid:  # a launcher and its ranks
+                os.killpg(run.pid, sig)
+            else:
+                os.kill(run.pid, sig)
         except ProcessLookupError:
             pass
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -123,8 +124,14 @@ def build_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer():
-    """The character-level tokenizer with the ChatML template.
+def build_tokenizer(*, chat_template: str | None = None, special_tokens: Sequence[str] = (),
+                    bos_token: str | None = None, eos_token: str | None = None):
+    """The character-level tokenizer with the ChatML template (or ``chat_template``).
+
+    ``chat_template``/``special_tokens``/``bos_token``/``eos_token`` put another family's template on the
+    tiny model (e.g. Llama 3.2's, with ``<|start_header_id|>``, ``<|eot_id|>`` … as special tokens and
+    ``bos_token="<|begin_of_text|>"``, ``eos_token="<|eot_id|>"``); the tokens are added after the base
+    vocabulary, so the ids of the default tokenizer never change.
 
     Built as a ``Qwen2Tokenizer`` (byte-level BPE with an empty merge list, i.e. one token per byte)
     rather than a free-form ``PreTrainedTokenizerFast``: transformers 5's ``AutoTokenizer`` always
@@ -149,14 +156,24 @@ def build_tokenizer():
         model_max_length=MAX_POSITION_EMBEDDINGS,
     )
     tokenizer.add_tokens([AddedToken(word, special=False, normalized=False) for word in ROLE_WORDS])
-    tokenizer.chat_template = CHAT_TEMPLATE
+    extra = [t for t in dict.fromkeys([*special_tokens, bos_token, eos_token]) if t and t not in SPECIAL_TOKENS]
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, *extra]})
+    if bos_token:
+        tokenizer.bos_token = bos_token
+    if eos_token:
+        tokenizer.eos_token = eos_token
+    tokenizer.chat_template = chat_template or CHAT_TEMPLATE
     return tokenizer
 
 
-def build_tiny_model(path: str | Path, *, size: ModelSize = "tiny", seed: int = 0) -> Path:
+def build_tiny_model(path: str | Path, *, size: ModelSize = "tiny", seed: int = 0,
+                     chat_template: str | None = None, special_tokens: Sequence[str] = (),
+                     bos_token: str | None = None, eos_token: str | None = None) -> Path:
     """Write a tiny Qwen2 causal LM plus tokenizer to ``path`` and return it.
 
-    The same ``size`` and ``seed`` always give bit-identical weights.
+    The same ``size`` and ``seed`` always give bit-identical weights. The template arguments are
+    :func:`build_tokenizer`'s (another family's chat template on the tiny model).
     """
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(MODEL_SIZES)}")
@@ -165,9 +182,10 @@ def build_tiny_model(path: str | Path, *, size: ModelSize = "tiny", seed: int = 
 
     out_dir = Path(path).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(chat_template=chat_template, special_tokens=special_tokens, bos_token=bos_token,
+                                eos_token=eos_token)
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         max_position_embeddings=MAX_POSITION_EMBEDDINGS,
@@ -193,16 +211,79 @@ def build_tiny_model(path: str | Path, *, size: ModelSize = "tiny", seed: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``tiny-model PATH [--size tiny|small] [--seed N]``. Logs the written path to stderr."""
+    """CLI: ``tiny-model PATH [--size tiny|small|vl] [--seed N]``. Logs the written path to stderr."""
     parser = argparse.ArgumentParser(
         prog="tiny-model", description="Write a tiny offline Qwen2 model + tokenizer for the embedded backend."
     )
     parser.add_argument("path", help="directory to write the model to (created if missing)")
-    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="tiny")
+    parser.add_argument("--size", choices=sorted(MODEL_SIZES) + ["vl"], default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
-    written = build_tiny_model(args.path, size=args.size, seed=args.seed)
+    if args.size == "vl":  # a tiny vision-language model (build_tiny_vl_model)
+        written = build_tiny_vl_model(args.path, seed=args.seed)
+    else:
+        written = build_tiny_model(args.path, size=args.size, seed=args.seed)
     logger.info("%s", written)
     return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny vision-language model (issue 8: images train on a VL model)
+# --------------------------------------------------------------------------------------------------
+
+IMAGE_TOKEN = "<image>"
+VL_IMAGE_SIZE = 28  # pixels per side after resize/crop; 2x2 patches of 14 -> 4 image tokens
+VL_PATCH_SIZE = 14
+
+
+def build_tiny_vl_model(path: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny LLaVA-style vision-language model (``AutoModelForImageTextToText``) plus its processor.
+
+    Text side: the ``tiny`` Qwen2 decoder and the byte-level tokenizer of :func:`build_tokenizer`, with
+    ``<image>`` added as a special token; the chat template is :data:`CHAT_TEMPLATE`, whose ``<image>``
+    placeholder for image parts is exactly LLaVA's image token, and whose ``{% generation %}`` markers give
+    assistant-only loss. Vision side: a one-layer CLIP vision tower on 28x28 images (4 patch tokens after the
+    CLS token is dropped) and LLaVA's two-layer projector. Processor: ``LlavaProcessor`` with the PIL image
+    processor (resize + centre-crop to 28x28), which needs neither torchvision nor the Hub. ~41k parameters;
+    the same ``seed`` gives bit-identical weights. (Qwen2-VL's processor needs torchvision for its video
+    processor, which the CPU environment does not have; the trainer is architecture-agnostic.)
+    """
+    import torch
+    from transformers import CLIPVisionConfig, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, \
+        LlavaProcessor, Qwen2Config
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    out_dir = Path(path).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IMAGE_TOKEN]})
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    text_config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+                              pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, tie_word_embeddings=True,
+                              **MODEL_SIZES["tiny"])
+    vision_config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=VL_IMAGE_SIZE, patch_size=VL_PATCH_SIZE, projection_dim=16)
+    config = LlavaConfig(text_config=text_config, vision_config=vision_config, image_token_id=image_id,
+                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False)
+    image_processor = LlavaImageProcessorPil(size={"shortest_edge": VL_IMAGE_SIZE},
+                                             crop_size={"height": VL_IMAGE_SIZE, "width": VL_IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=VL_PATCH_SIZE,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN)
+    from .modelref import progress_bars_disabled
+
+    with progress_bars_disabled():
+        model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    logger.info("wrote tiny LLaVA-style VL model (%d parameters, seed %d) to %s",
+                sum(p.numel() for p in model.parameters()), seed, out_dir)
+    return out_dir

@@ -8,25 +8,25 @@ The layout follows TRL's example trainer scripts: config mapping in small pure f
 
 Data and loss masking
     Rows are conversational (``messages``, optional ``tools``; ``metadata`` is dropped). We tokenise
-    them ourselves with exactly the call TRL's ``assistant_only_loss=True`` makes —
-    ``apply_chat_template(messages, tools=…, return_dict=True, return_assistant_tokens_mask=True)``, with
-    TRL's training template swapped in when the model's template lacks ``{% generation %}`` markers —
-    and turn the assistant mask into ``labels``. Doing it here, rather than inside TRL, is what lets us
-    honour ``weight: 0`` on assistant messages (TRL has no per-message weight, training-notes §7.2):
-    the assistant mask's contiguous spans are matched to assistant messages in order (falling back to
-    prefix rendering when a template does not give one span per assistant turn) and a weight-0
-    message's span gets label -100. It also keeps the records out of Arrow, whose schema unification
-    would inject ``None`` keys into heterogeneous messages/tool calls. Examples left with no trainable
-    token (every assistant turn weight 0, or truncation at ``max_length`` cut them all) are skipped and
-    counted. TRL then receives ``{input_ids, labels}`` rows; it leaves a provided ``labels`` column
-    as is, so ``SFTConfig.assistant_only_loss`` stays False (it would require a raw ``messages``
+    them ourselves (:mod:`.chat_template`) through the model's own chat template and build ``labels``:
+    the assistant turns' tokens, end-of-turn token included, found from the template's
+    ``{% generation %}`` markers when it has them and by rendering prefixes of the conversation and
+    diffing otherwise, for any template family; tool-call ``arguments`` strings are decoded to objects
+    before rendering (Synth's loader does the same). ``weight: 0`` assistant turns get label -100 (TRL
+    has no per-message weight, training-notes §7.2); ``hyperparameters.assistant_only_loss = false``
+    trains the whole sequence (warned). Doing it here keeps the records out of Arrow, whose schema
+    unification would inject ``None`` keys into heterogeneous messages/tool calls. Examples left with no
+    trainable token (every assistant turn weight 0, or truncation at ``max_length`` cut them all) are
+    skipped and counted. TRL then receives ``{input_ids, labels}`` rows; it leaves a provided ``labels``
+    column as is, so ``SFTConfig.assistant_only_loss`` stays False (it would require a raw ``messages``
     column) while the loss is still on assistant tokens only.
 
 Runtime
     GPU (bf16 when supported, fp16 when ``parallelism.fp16``) when CUDA is available, otherwise CPU in
-    fp32 without gradient checkpointing. ``report_to="none"``, ``save_strategy="no"``: nothing but the
-    final model touches the disk. The model is trained in a hidden sibling of ``output_dir`` and moved
-    into place at the end, manifest last, so a model directory is visible only once complete.
+    fp32 without gradient checkpointing. ``report_to`` as the TOML chooses (default ``"none"``, see
+    tracking.py), ``save_strategy="no"``: nothing but the final model reaches the model folder. The
+    model is trained in a hidden sibling of ``output_dir`` and moved into place at the end, manifest
+    last, so a model directory is visible only once complete.
     Cancellation is polled at every (micro-)step and evaluation batch.
 
 torch / transformers / trl / peft / datasets are imported inside functions only.
@@ -47,6 +47,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from learning_mcp.tools.errors import LearningMCPError
+from learning_mcp.tools.sft_contract import ContractError, SFTHyperparameters, parse_hyperparameters
+
+from .chat_template import (
+    METHOD_FALLBACK,
+    METHOD_MARKERS,
+    METHOD_PREFIX_DIFF,
+    TemplateDropsContentError,
+    TokenizedExample,
+    ToolArgumentsError,
+    assistant_spans,  # noqa: F401  (re-exported: tests and inference import it from here)
+    decode_tool_arguments,
+    flatten_multimodal,  # noqa: F401  (re-exported: inference imports it from here)
+    has_generation_markers,
+    tokenize_conversation,
+)
+from .distributed import examples_per_rank, model_for_saving, scale_for_world, world_size
+from .memory import cast_for_saving, save_dtype
 from .modelref import (
     ModelRefError,
     ResolvedModel,
@@ -59,6 +77,9 @@ from .modelref import (
     resolve_model,
     write_manifest,
 )
+from .lora import TargetModulesError, check_target_modules, inventory_of
+from .vision import VisionJob
+from .tracking import report_to_setting
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +136,11 @@ class TrainResult:
     tokens_per_second: float | None = None
 
 
-class TrainingError(Exception):
+class TrainingError(LearningMCPError):
     """A job-level failure with an API error object's fields."""
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(code, message, param=param)
 
 
 class TrainingCancelled(Exception):
@@ -141,29 +159,14 @@ class TrainingCancelled(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
-def _hp_number(hparams: dict, key: str, *, kind: type = float, minimum: float | None = None,
-               maximum: float | None = None, exclusive_min: bool = False) -> Any:
-    """``hparams[key]`` as ``kind`` (None when absent), or a TrainingError naming the key."""
-    value = hparams.get(key)
-    if value is None:
-        return None
-    param = f"hyperparameters.{key}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TrainingError("invalid_hyperparameters", f"{key} must be a number, got {value!r}", param)
+def _hyperparameters(hparams: dict | SFTHyperparameters | None) -> SFTHyperparameters:
+    """``hparams`` validated by the SFT contract (:mod:`learning_mcp.tools.sft_contract`, where every limit lives),
+    or a TrainingError ``invalid_hyperparameters`` naming the key. The backend checked the same contract when the
+    job was created, so this fails only for callers that bypass it."""
     try:
-        number = float(value)
-    except ValueError:
-        raise TrainingError("invalid_hyperparameters", f"{key} must be a number, got {value!r}", param) from None
-    if kind is int:
-        if not number.is_integer():
-            raise TrainingError("invalid_hyperparameters", f"{key} must be an integer, got {value!r}", param)
-        number = int(number)
-    if not math.isfinite(number) or (minimum is not None and (number <= minimum if exclusive_min else number < minimum)):
-        bound = f"> {minimum}" if exclusive_min else f">= {minimum}"
-        raise TrainingError("invalid_hyperparameters", f"{key} must be {bound}, got {value!r}", param)
-    if maximum is not None and number > maximum:
-        raise TrainingError("invalid_hyperparameters", f"{key} must be <= {maximum}, got {value!r}", param)
-    return number
+        return parse_hyperparameters(hparams)
+    except ContractError as exc:
+        raise TrainingError("invalid_hyperparameters", exc.message, exc.param) from None
 
 
 def _truthy(value: Any) -> bool:
@@ -172,12 +175,13 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def select_strategy(hparams: dict, effective_config: dict) -> tuple[str, bool]:
+def select_strategy(hparams: dict | SFTHyperparameters, effective_config: dict) -> tuple[str, bool]:
     """``("full" | "lora", qlora_requested)`` from ``train_kind`` / ``training.mode`` / ``use_qlora``."""
+    hp = _hyperparameters(hparams)
     training = (effective_config or {}).get("training") or {}
-    train_kind = str(hparams.get("train_kind") or "").strip().lower()
+    train_kind = (hp.train_kind or "").strip().lower()
     mode = str(training.get("mode") or "").strip().lower()
-    qlora = _truthy(training.get("use_qlora")) or _truthy(hparams.get("use_qlora")) or train_kind == "qlora"
+    qlora = _truthy(training.get("use_qlora")) or _truthy(hp.extra("use_qlora")) or train_kind == "qlora"
     lora = qlora or train_kind in ("peft", "lora") or mode in ("lora", "peft", "qlora")
     return ("lora" if lora else "full"), qlora
 
@@ -192,30 +196,19 @@ def estimate_total_steps(n_examples: int, per_device_batch: int, grad_accum: int
     return max(1, math.ceil(epochs * steps_per_epoch))
 
 
-def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str = "full",
+def build_sft_config(hparams: dict | SFTHyperparameters, n_examples: int, device: str, *, kind: str = "full",
                      has_eval: bool = False, output_dir: str | Path = "sft-output", seed: int = 0,
                      model_max_length: int | None = None, bf16_supported: bool = False) -> dict[str, Any]:
     """Map Synth ``hyperparameters`` onto ``SFTConfig`` keyword arguments (training-notes §7.5).
 
-    Pure: no torch. ``device`` is ``"cpu"`` or ``"cuda"``; ``kind`` picks the default learning rate.
+    Pure: no torch. ``device`` is ``"cpu"`` or ``"cuda"``; ``kind`` picks the default learning rate. Raises
+    TrainingError ``invalid_hyperparameters`` for values the SFT contract refuses.
     """
-    hparams = hparams or {}
-    parallelism = hparams.get("parallelism") or {}
-    if not isinstance(parallelism, dict):
-        raise TrainingError("invalid_hyperparameters", "parallelism must be an object", "hyperparameters.parallelism")
-
-    epochs = _hp_number(hparams, "n_epochs", minimum=0, exclusive_min=True)
-    max_steps = None
-    for key in ("total_steps", "train_steps", "steps", "max_steps"):
-        max_steps = _hp_number(hparams, key, kind=int, minimum=1)
-        if max_steps is not None:
-            break
-
-    per_device = _hp_number(hparams, "per_device_batch", kind=int, minimum=1)
-    grad_accum = _hp_number(hparams, "gradient_accumulation_steps", kind=int, minimum=1)
-    global_batch = _hp_number(hparams, "global_batch", kind=int, minimum=1)
-    if global_batch is None:
-        global_batch = _hp_number(hparams, "batch_size", kind=int, minimum=1)
+    hp = _hyperparameters(hparams)
+    parallelism = hp.parallelism or {}
+    max_steps = hp.step_limit
+    per_device, grad_accum = hp.per_device_batch, hp.gradient_accumulation_steps
+    global_batch = hp.global_batch or hp.batch_size
     if per_device is None:
         per_device = max(1, min(DEFAULT_MAX_PER_DEVICE_BATCH, n_examples, global_batch or n_examples))
     if grad_accum is None:
@@ -224,47 +217,33 @@ def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str =
             logger.info("global batch %d is not a multiple of per_device_batch %d; using %d accumulation steps",
                         global_batch, per_device, grad_accum)
 
-    max_length = _hp_number(hparams, "sequence_length", kind=int, minimum=8)
-    if max_length is None:
-        max_length = _hp_number(hparams, "max_length", kind=int, minimum=8)
-    if max_length is None:
-        max_length = 1024
+    max_length = hp.sequence_length or hp.max_length or 1024
     if model_max_length:
         max_length = min(max_length, model_max_length)
-
-    learning_rate = _hp_number(hparams, "learning_rate", minimum=0, exclusive_min=True)
-    if learning_rate is None:
-        learning_rate = DEFAULT_LR_LORA if kind == "lora" else DEFAULT_LR_FULL
-    warmup_ratio = _hp_number(hparams, "warmup_ratio", minimum=0, maximum=1)
-    warmup_steps = _hp_number(hparams, "warmup_steps", kind=int, minimum=0)
-    weight_decay = _hp_number(hparams, "weight_decay", minimum=0) or 0.0
-    max_grad_norm = _hp_number(hparams, "max_grad_norm", minimum=0)
-    scheduler = str(hparams.get("lr_scheduler_type") or hparams.get("lr_scheduler") or "linear")
-
-    total_steps = estimate_total_steps(n_examples, per_device, grad_accum, epochs or 1.0, max_steps)
+    learning_rate = hp.learning_rate or (DEFAULT_LR_LORA if kind == "lora" else DEFAULT_LR_FULL)
+    total_steps = estimate_total_steps(n_examples, per_device, grad_accum, hp.n_epochs or 1.0, max_steps)
     on_gpu = device.startswith("cuda")
     fp16 = on_gpu and _truthy(parallelism.get("fp16"))
-    bf16 = on_gpu and not fp16 and bf16_supported and parallelism.get("bf16") is not False and \
-        not _truthy(parallelism.get("fp16"))
+    bf16 = on_gpu and not fp16 and bf16_supported and parallelism.get("bf16") is not False
 
     config: dict[str, Any] = {
         "output_dir": str(output_dir),
-        "num_train_epochs": float(epochs) if epochs is not None else 1.0,
+        "num_train_epochs": float(hp.n_epochs) if hp.n_epochs is not None else 1.0,
         "max_steps": max_steps if max_steps is not None else -1,
         "per_device_train_batch_size": per_device,
         "per_device_eval_batch_size": per_device,
         "gradient_accumulation_steps": grad_accum,
         "max_length": max_length,
         "learning_rate": learning_rate,
-        "lr_scheduler_type": scheduler,
+        "lr_scheduler_type": hp.lr_scheduler_type or hp.lr_scheduler or "linear",
         # transformers 5 dropped `warmup_ratio`; a float in [0, 1) passed as warmup_steps is a ratio
-        "warmup_steps": warmup_steps if warmup_steps is not None else min(warmup_ratio or 0.0, 0.999),
-        "weight_decay": weight_decay,
+        "warmup_steps": hp.warmup_steps if hp.warmup_steps is not None else min(hp.warmup_ratio or 0.0, 0.999),
+        "weight_decay": hp.weight_decay or 0.0,
         "logging_strategy": "steps",
         "logging_steps": max(1, total_steps // MAX_LOGGED_POINTS),
         "logging_first_step": True,
         "save_strategy": "no",
-        "report_to": "none",
+        "report_to": report_to_setting(hparams),  # [training] report_to, see tracking.py
         "seed": seed,
         "data_seed": seed,
         "packing": False,
@@ -282,13 +261,13 @@ def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str =
         "remove_unused_columns": True,
         "log_level": "warning",
     }
-    if max_grad_norm is not None:
-        config["max_grad_norm"] = max_grad_norm
+    if hp.max_grad_norm is not None:
+        config["max_grad_norm"] = hp.max_grad_norm
     if not on_gpu:
         config["optim"] = "adamw_torch"
     if has_eval:
-        strategy = str(hparams.get("evaluation_strategy") or "steps").lower()
-        eval_steps = _hp_number(hparams, "eval_steps", kind=int, minimum=0) or 0
+        strategy = hp.evaluation_strategy or "steps"
+        eval_steps = hp.eval_steps or 0
         if strategy == "steps" and eval_steps > 0:
             config["eval_strategy"] = "steps"
             config["eval_steps"] = eval_steps
@@ -301,27 +280,21 @@ def build_sft_config(hparams: dict, n_examples: int, device: str, *, kind: str =
     return config
 
 
-def build_lora_config(hparams: dict):
+def build_lora_config(hparams: dict | SFTHyperparameters):
     """``peft.LoraConfig`` from ``lora_rank`` / ``lora_alpha`` / ``lora_dropout`` / ``lora_target_modules``
     (defaults r=16, alpha=32, dropout=0.05, all-linear: training-notes §8)."""
     from peft import LoraConfig
 
-    hparams = hparams or {}
-    rank = _hp_number(hparams, "lora_rank", kind=int, minimum=1) or _hp_number(hparams, "lora_r", kind=int, minimum=1)
-    alpha = _hp_number(hparams, "lora_alpha", minimum=0, exclusive_min=True)
-    dropout = _hp_number(hparams, "lora_dropout", minimum=0, maximum=1)
-    targets = hparams.get("lora_target_modules")
+    hp = _hyperparameters(hparams)
+    targets = hp.lora_target_modules
     if targets is None:
         targets = DEFAULT_LORA["target_modules"]
     elif isinstance(targets, str):
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    elif not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        raise TrainingError("invalid_hyperparameters", "lora_target_modules must be a list of module names or "
-                            "'all-linear'", "hyperparameters.lora_target_modules")
     return LoraConfig(
-        r=rank or DEFAULT_LORA["r"],
-        lora_alpha=alpha if alpha is not None else DEFAULT_LORA["lora_alpha"],
-        lora_dropout=dropout if dropout is not None else DEFAULT_LORA["lora_dropout"],
+        r=hp.lora_rank or hp.lora_r or DEFAULT_LORA["r"],
+        lora_alpha=hp.lora_alpha if hp.lora_alpha is not None else DEFAULT_LORA["lora_alpha"],
+        lora_dropout=hp.lora_dropout if hp.lora_dropout is not None else DEFAULT_LORA["lora_dropout"],
         target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
@@ -334,7 +307,11 @@ def build_lora_config(hparams: dict):
 
 
 def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[dict[str, Any]]:
-    """``[{"messages": [...], "tools": [...] | None}]`` from a JSONL file; ``metadata`` is dropped."""
+    """``[{"messages": [...], "tools": [...] | None, "line": N}]`` from a JSONL file; ``metadata`` is dropped.
+
+    Tool-call ``arguments`` given as JSON strings must decode (they are decoded before rendering,
+    :mod:`.chat_template`); a string that is not JSON is an ``invalid_dataset`` error naming the line.
+    """
     records: list[dict[str, Any]] = []
     try:
         handle = open(path, encoding="utf-8")
@@ -354,6 +331,10 @@ def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in row["messages"]):
                 raise TrainingError("invalid_dataset", f"line {line_number}: every message needs a string role",
                                     param)
+            try:
+                decode_tool_arguments(row["messages"])
+            except ToolArgumentsError as exc:
+                raise TrainingError("invalid_dataset", f"line {line_number}: {exc}", param) from None
             tools = row.get("tools")
             if isinstance(tools, str):
                 try:
@@ -369,104 +350,42 @@ def load_jsonl_records(path: Path, *, param: str = TRAINING_FILE_PARAM) -> list[
     return records
 
 
-@dataclass
-class TokenizedExample:
-    input_ids: list[int]
-    labels: list[int]  # -100 outside trained assistant tokens
-
-    @property
-    def trainable_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != -100)
-
-
-def assistant_spans(mask: list[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of 1 in an assistant mask, as ``[start, end)`` pairs."""
-    spans: list[tuple[int, int]] = []
-    start: int | None = None
-    for index, bit in enumerate(list(mask) + [0]):
-        if bit and start is None:
-            start = index
-        elif not bit and start is not None:
-            spans.append((start, index))
-            start = None
-    return spans
-
-
-def flatten_multimodal(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Content lists → text (text parts' text, ``<image>`` for image parts), for templates that only
-    accept string content."""
-    flattened = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, (list, dict)):
-            parts = content if isinstance(content, list) else [content]
-            text = "".join(
-                part if isinstance(part, str)
-                else "<image>" if isinstance(part, dict) and part.get("type") in ("image", "image_url", "input_image")
-                else str(part.get("text", "")) if isinstance(part, dict) else ""
-                for part in parts
-            )
-            message = {**message, "content": text}
-        flattened.append(message)
-    return flattened
-
-
-def _render_ids(tokenizer, messages, tools, chat_template, **kwargs) -> dict[str, Any]:
-    return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, tokenize=True,
-                                         return_dict=True, **kwargs)
-
-
-def _is_untrained(message: dict[str, Any]) -> bool:
-    weight = message.get("weight")
-    return weight is not None and not isinstance(weight, str) and float(weight) == 0.0
+def assistant_only_loss_enabled(hparams: dict) -> bool:
+    """``hyperparameters.assistant_only_loss`` (default true; TRL's ``SFTConfig`` field name). False
+    trains the whole sequence, system/user/tool text included."""
+    value = (hparams or {}).get("assistant_only_loss")
+    return True if value is None else _truthy(value)
 
 
 def tokenize_example(tokenizer, messages: list[dict[str, Any]], tools: list | None = None, *,
-                     chat_template: str | None = None, max_length: int | None = None) -> TokenizedExample:
-    """Token ids and assistant-only labels for one conversation; ``weight: 0`` assistant turns masked.
+                     chat_template: str | None = None, max_length: int | None = None,
+                     assistant_only_loss: bool = True) -> TokenizedExample:
+    """Token ids and labels for one conversation (:func:`.chat_template.tokenize_conversation`):
+    assistant turns only (``weight: 0`` turns masked), end-of-turn token included, for any template.
 
-    ``chat_template`` overrides the tokenizer's (pass TRL's training template for models whose own
-    template has no ``{% generation %}`` markers). Truncation keeps the start (TRL's ``keep_start``).
+    ``chat_template`` overrides the tokenizer's. Truncation keeps the start (TRL's ``keep_start``).
+    ``.extra`` holds further sequences for templates that re-render earlier turns (Qwen3).
     """
-    try:
-        rendered = _render_ids(tokenizer, messages, tools, chat_template, return_assistant_tokens_mask=True)
-    except Exception:
-        if not any(isinstance(m.get("content"), (list, dict)) for m in messages):
-            raise
-        messages = flatten_multimodal(messages)  # a template that only takes string content
-        rendered = _render_ids(tokenizer, messages, tools, chat_template, return_assistant_tokens_mask=True)
-    input_ids = list(rendered["input_ids"])
-    mask = list(rendered["assistant_masks"])
-    labels = [token if bit else -100 for token, bit in zip(input_ids, mask)]
-
-    assistant_indices = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    untrained = [i for i in assistant_indices if _is_untrained(messages[i])]
-    if untrained:
-        spans = assistant_spans(mask)
-        if len(spans) == len(assistant_indices):
-            span_of = dict(zip(assistant_indices, spans))
-            for index in untrained:
-                start, end = span_of[index]
-                labels[start:end] = [-100] * (end - start)
-        else:
-            # The template does not give one span per assistant turn (e.g. it renders some turns without
-            # markers): locate each weight-0 turn by rendering the conversation up to and through it.
-            logger.debug("assistant mask has %d spans for %d assistant turns; masking by prefix rendering",
-                         len(spans), len(assistant_indices))
-            for index in untrained:
-                start = len(_render_ids(tokenizer, messages[:index], tools, chat_template)["input_ids"]) if index else 0
-                end = len(_render_ids(tokenizer, messages[: index + 1], tools, chat_template)["input_ids"])
-                labels[start:end] = [-100] * max(0, min(end, len(labels)) - start)
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return TokenizedExample(input_ids=input_ids, labels=labels)
+    return tokenize_conversation(tokenizer, messages, tools, chat_template=chat_template, max_length=max_length,
+                                 assistant_only_loss=assistant_only_loss)
 
 
 @dataclass
 class PreparedData:
+    """Training sequences (``examples``) from a file's records; counts for events and previews.
+
+    ``skipped``/``skipped_lines``: records with no trainable token left; ``methods``: records per span
+    method (:mod:`.chat_template`); ``fallback_lines``: records trained on the whole sequence because
+    their assistant spans could not be found; ``extra_sequences``: per-turn sequences added.
+    """
+
     examples: list[TokenizedExample]
     skipped: int
     skipped_lines: list[int] = field(default_factory=list)
+    methods: dict[str, int] = field(default_factory=dict)
+    fallback_lines: list[int] = field(default_factory=list)
+    extra_sequences: int = 0
+    truncated: int = 0
 
     @property
     def trainable_tokens(self) -> int:
@@ -483,47 +402,68 @@ class PreparedData:
                                   "labels": [e.labels for e in self.examples]})
 
 
+def tokenize_record(record: dict[str, Any], tokenizer, *, chat_template: str | None, max_length: int | None,
+                    assistant_only_loss: bool = True, param: str = TRAINING_FILE_PARAM) -> TokenizedExample:
+    """:func:`tokenize_example` for one loaded record; rendering problems become ``invalid_dataset``
+    errors naming the record's line."""
+    try:
+        return tokenize_example(tokenizer, record["messages"], record.get("tools"), chat_template=chat_template,
+                                max_length=max_length, assistant_only_loss=assistant_only_loss)
+    except (ToolArgumentsError, TemplateDropsContentError) as exc:
+        raise TrainingError("invalid_dataset", f"line {record.get('line')}: {exc}", param) from exc
+    except Exception as exc:
+        raise TrainingError("invalid_dataset", f"line {record.get('line')}: the chat template could not render "
+                            f"this example ({type(exc).__name__}: {str(exc)[:300]})", param) from exc
+
+
 def prepare_examples(records: list[dict[str, Any]], tokenizer, *, chat_template: str | None, max_length: int,
-                     param: str = TRAINING_FILE_PARAM) -> PreparedData:
-    examples: list[TokenizedExample] = []
-    skipped_lines: list[int] = []
+                     param: str = TRAINING_FILE_PARAM, assistant_only_loss: bool = True) -> PreparedData:
+    data = PreparedData(examples=[], skipped=0)
     for record in records:
-        try:
-            example = tokenize_example(tokenizer, record["messages"], record.get("tools"),
-                                       chat_template=chat_template, max_length=max_length)
-        except Exception as exc:
-            raise TrainingError("invalid_dataset", f"line {record.get('line')}: the chat template could not render "
-                                f"this example ({type(exc).__name__}: {str(exc)[:300]})", param) from exc
-        if example.trainable_tokens == 0:
-            skipped_lines.append(record.get("line", -1))
-        else:
-            examples.append(example)
-    return PreparedData(examples=examples, skipped=len(skipped_lines), skipped_lines=skipped_lines)
+        example = tokenize_record(record, tokenizer, chat_template=chat_template, max_length=max_length,
+                                  assistant_only_loss=assistant_only_loss, param=param)
+        data.methods[example.method] = data.methods.get(example.method, 0) + 1
+        if example.method == METHOD_FALLBACK:
+            data.fallback_lines.append(record.get("line", -1))
+        sequences = [s for s in example.sequences() if s.trainable_tokens]
+        data.truncated += sum(1 for s in example.sequences() if s.truncated)
+        if not sequences:
+            data.skipped_lines.append(record.get("line", -1))
+            continue
+        data.examples += sequences
+        data.extra_sequences += len(sequences) - 1
+    data.skipped = len(data.skipped_lines)
+    return data
 
 
-def training_chat_template(tokenizer) -> str | None:
-    """``None`` when the tokenizer's template has ``{% generation %}`` markers; else TRL's training
-    template for it (a TrainingError when TRL has none)."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+def data_loss_notes(data: PreparedData, assistant_only_loss: bool) -> list[str]:
+    """Warnings about what the loss covers: full-sequence loss chosen, fallback examples, per-turn sequences."""
+    notes = []
+    if not assistant_only_loss:
+        notes.append("assistant_only_loss is false: the loss covers every token (system, user and tool text "
+                     "included), not only the assistant replies")
+    if data.fallback_lines:
+        lines = ", ".join(map(str, data.fallback_lines[:10])) + (", …" if len(data.fallback_lines) > 10 else "")
+        notes.append(f"the assistant replies of {len(data.fallback_lines)} example(s) could not be located in the chat "
+                     f"template's rendering, so those examples are trained on the whole sequence (lines {lines}); "
+                     "call preview_dataset to see the rendering")
+    if data.extra_sequences:
+        notes.append(f"the chat template renders earlier assistant turns differently once later turns follow, so "
+                     f"{data.extra_sequences} such turn(s) are trained in their own sequence (the conversation up to "
+                     "that turn)")
+    return notes
 
+
+def check_chat_template(tokenizer) -> str:
+    """How assistant spans are found for this tokenizer: ``"markers"`` when its chat template has
+    ``{% generation %}`` blocks, else ``"prefix-diff"`` (:mod:`.chat_template`); works for any
+    template. Raises ``model_not_supported`` only when the tokenizer has no chat template at all."""
     template = tokenizer.chat_template
     if not template:
         raise TrainingError("model_not_supported", "the model's tokenizer has no chat template, so conversational "
-                            "data cannot be rendered; use an instruct/chat model", "model")
-    if has_generation_markers(template):
-        return None
-    try:
-        patched = get_training_chat_template(tokenizer)
-    except Exception as exc:
-        raise TrainingError(
-            "model_not_supported",
-            "the model's chat template has no {% generation %} markers and TRL ships no training template for it, "
-            f"so assistant-only loss is impossible ({exc}); use a model family TRL supports (Qwen, Llama 3, Gemma, "
-            "Phi-3, …)", "model") from exc
-    if not patched or not has_generation_markers(patched):
-        raise TrainingError("model_not_supported", "the model's chat template has no {% generation %} markers and "
-                            "TRL could not patch it, so assistant-only loss is impossible", "model")
-    return patched
+                            "data cannot be rendered; use an instruct/chat model (one whose tokenizer_config.json "
+                            "has a chat_template)", "model")
+    return METHOD_MARKERS if has_generation_markers(template) else METHOD_PREFIX_DIFF
 
 
 # --------------------------------------------------------------------------------------------------
@@ -731,11 +671,21 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
             strategy, strategy_reason = "qlora", "QLoRA: 4-bit NF4 base (bitsandbytes) + LoRA adapters"
 
     # -- tokenizer and data -------------------------------------------------------------------------
+    # images → the vision-language path (backend/vision.py): the processor instead of the tokenizer, TRL's
+    # vision collator; refused with images_unsupported on a text-only model
+    vl = VisionJob.detect(req.model, resolved, req.models_dir, req.train_path, req.validation_path)
     try:
-        tokenizer = load_tokenizer(resolved)
+        tokenizer = vl.processor if vl else load_tokenizer(resolved)
     except Exception as exc:
         raise TrainingError("model_not_loadable", f"cannot load the tokenizer of {req.model!r}: {exc}", "model") from exc
-    chat_template = training_chat_template(tokenizer)
+    span_method = "vision-processor" if vl else check_chat_template(tokenizer)
+    assistant_only = assistant_only_loss_enabled(hparams)
+    chat_template = None
+    if vl:
+        prepare = vl.prepare_examples
+    else:
+        def prepare(records, tok, **kwargs):
+            return prepare_examples(records, tok, assistant_only_loss=assistant_only, **kwargs)
 
     train_records = load_jsonl_records(req.train_path, param=TRAINING_FILE_PARAM)
     validation_enabled = ((effective_config.get("training") or {}).get("validation") or {}).get("enabled", True)
@@ -747,12 +697,12 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
     provisional = build_sft_config(hparams, len(train_records), device, kind=kind, has_eval=val_records is not None,
                                    seed=req.seed, model_max_length=model_max_length, bf16_supported=bf16_supported)
     max_length = provisional["max_length"]
-    train_data = prepare_examples(train_records, tokenizer, chat_template=chat_template, max_length=max_length)
+    train_data = prepare(train_records, tokenizer, chat_template=chat_template, max_length=max_length)
     val_data = None
     notes: list[str] = []
     if val_records is not None:
-        val_data = prepare_examples(val_records, tokenizer, chat_template=chat_template, max_length=max_length,
-                                    param=VALIDATION_FILE_PARAM)
+        val_data = prepare(val_records, tokenizer, chat_template=chat_template, max_length=max_length,
+                           param=VALIDATION_FILE_PARAM)
         if not val_data.examples:
             notes.append("the validation file has no trainable assistant tokens, so validation is skipped")
             val_data = None
@@ -766,19 +716,28 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         notes.insert(0, f"skipped {train_data.skipped} training example(s) with no trainable assistant tokens "
                         f"(lines {', '.join(map(str, train_data.skipped_lines[:10]))}"
                         f"{', …' if train_data.skipped > 10 else ''})")
+    notes += data_loss_notes(train_data, assistant_only)
 
     staging = req.output_dir.parent / f".{req.output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     sft_kwargs = build_sft_config(hparams, len(train_data.examples), device, kind=kind,
                                   has_eval=val_data is not None, output_dir=staging / "trainer", seed=req.seed,
                                   model_max_length=model_max_length, bf16_supported=bf16_supported)
+    sft_kwargs = scale_for_world(sft_kwargs, hparams, world_size())  # several processes: same global batch
+    if vl:  # batch clamped to 1 as Synth does, TRL's assistant-only loss; the notes go into the event below
+        notes += vl.adjust_sft_kwargs(sft_kwargs)
     keep_best = val_data is not None and _truthy(hparams.get("save_best_model_at_end"))
     reporter.event("sft.config.prepared", "; ".join([f"prepared {len(train_data.examples)} training examples"] + notes), {
         "model": req.model, "model_kind": resolved.kind, "examples": len(train_data.examples),
         "skipped": train_data.skipped, "skipped_lines": train_data.skipped_lines[:50],
         "validation_examples": len(val_data.examples) if val_data else 0,
         "max_length": max_length, "trainable_tokens": train_data.trainable_tokens,
-        "total_tokens": train_data.total_tokens, "assistant_only_loss": True,
-        "chat_template": "model" if chat_template is None else "trl-training-template",
+        "total_tokens": train_data.total_tokens, "assistant_only_loss": assistant_only,
+        "chat_template": "model", "span_method": span_method,
+        "span_methods": getattr(train_data, "methods", None),
+        "fallback_lines": (getattr(train_data, "fallback_lines", None) or [])[:50],
+        "extra_sequences": getattr(train_data, "extra_sequences", None),
+        "truncated_sequences": getattr(train_data, "truncated", None),
+        "vision_language": vl is not None,
     }, level="warning" if notes else "info")
     dtype_name = str(weights_dtype).replace("torch.", "")
     if strategy == "qlora":
@@ -800,19 +759,23 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         return _train_and_save(req, reporter, started=started, resolved=resolved, strategy=strategy, kind=kind,
                                tokenizer=tokenizer, train_data=train_data, val_data=val_data, sft_kwargs=sft_kwargs,
                                staging=staging, keep_best=keep_best, weights_dtype=weights_dtype,
-                               bf16_supported=bf16_supported, device=device)
+                               bf16_supported=bf16_supported, device=device, vl=vl)
 
 
 def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, resolved: ResolvedModel, strategy: str,
                     kind: str, tokenizer, train_data: PreparedData, val_data: PreparedData | None,
                     sft_kwargs: dict[str, Any], staging: Path, keep_best: bool, weights_dtype: Any,
-                    bf16_supported: bool, device: str) -> TrainResult:
+                    bf16_supported: bool, device: str, vl: VisionJob | None = None) -> TrainResult:
     import torch
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
     hparams = dict(req.hyperparameters or {})
     trainer = model = None
+    try:
+        saved_dtype = save_dtype(resolved, req.models_dir, hparams)
+    except ValueError as exc:
+        raise TrainingError("invalid_hyperparameters", str(exc), "hyperparameters.save_dtype") from None
     try:
         try:
             if strategy == "qlora":
@@ -837,6 +800,11 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
 
         callback = _make_callback(reporter, keep_best=keep_best)
         peft_config = build_lora_config(hparams) if kind == "lora" else None
+        if peft_config is not None:  # every target_modules entry must match a module (backend/lora.py)
+            try:
+                check_target_modules(hparams.get("lora_target_modules"), inventory_of(model), model=req.model)
+            except TargetModulesError as exc:
+                raise TrainingError(exc.code, exc.message, exc.param) from None
         trainer = SFTTrainer(
             model=model,
             args=SFTConfig(**adapt_to_installed_sft_config(sft_kwargs)),
@@ -848,7 +816,10 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
         )
         for noisy in (PrinterCallback, ProgressCallback):  # they print() to stdout
             trainer.remove_callback(noisy)
-        total_steps = estimate_total_steps(len(train_data.examples), sft_kwargs["per_device_train_batch_size"],
+        if vl:  # weight-0 assistant turns masked on top of TRL's vision collator
+            vl.wrap_collator(trainer)
+        total_steps = estimate_total_steps(examples_per_rank(len(train_data.examples)),
+                                           sft_kwargs["per_device_train_batch_size"],
                                            sft_kwargs["gradient_accumulation_steps"], sft_kwargs["num_train_epochs"],
                                            sft_kwargs["max_steps"] if sft_kwargs["max_steps"] > 0 else None)
         reporter.event("sft.training.started", f"training {strategy} for {total_steps} steps on {device}", {
@@ -873,9 +844,15 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
             raise TrainingCancelled(steps)
 
         # -- save ----------------------------------------------------------------------------------
+        save_model = model_for_saving(trainer)  # None on ranks other than 0 of a multi-process job
+        if save_model is None:
+            return TrainResult(output_dir=req.output_dir, steps=steps, train_loss=callback.last_loss, val_loss=val_loss,
+                               train_tokens=train_tokens, skipped_examples=train_data.skipped,
+                               seconds=time.perf_counter() - started, kind=kind)
+        if kind == "full":  # in the base model's dtype unless hyperparameters.save_dtype says otherwise
+            cast_for_saving(save_model, saved_dtype)
         staging.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
-        save_model = trainer.model
         save_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         base_model = resolved.path if resolved.kind == "base" and Path(resolved.path).is_dir() else req.model

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from learning_mcp.backend.modelref import set_torch_threads
+from learning_mcp.backend.distributed import peer_failure
 from learning_mcp.backend.scheduler import finish_cancelled, finish_failed
 from learning_mcp.backend.store import Store
+from learning_mcp.tools.settings import Settings
 
 log = logging.getLogger("learning_mcp.worker")
 
@@ -60,15 +64,22 @@ def fine_tuned_model_id(base_model: str, job_id: str) -> str:
     return f"ft:{base_model}:{job_id}"
 
 
-def run_job(store: Store, job_id: str) -> int:
+def run_job(store: Store, job_id: str, *, reporter: StoreReporter | None = None) -> int:
+    """Run one job to a terminal status. ``reporter``: a rank's reporter in a multi-process job
+    (:mod:`.distributed`); only its primary rank ends the job, except on an unexpected crash."""
+    from learning_mcp.backend.tracking import configure_tracking
     from learning_mcp.backend.trainer import TrainingCancelled, TrainingError, TrainRequest, run_training
 
     job = store.get_job(job_id)
     if job is None:
         log.error("job %s not found", job_id)
         return 2
-    reporter = StoreReporter(store, job_id)
-    signal.signal(signal.SIGTERM, reporter.request_stop)
+    reporter = reporter or StoreReporter(store, job_id)
+    primary = getattr(reporter, "primary", True)
+    try:
+        signal.signal(signal.SIGTERM, reporter.request_stop)
+    except ValueError:  # not the main thread (a Ray Train worker): cancel arrives through the store
+        pass
     payload = job["_payload"]
     train_file = store.get_file(job["training_file_id"])
     val_file = store.get_file(job["validation_file_id"]) if job.get("validation_file_id") else None
@@ -88,22 +99,30 @@ def run_job(store: Store, job_id: str) -> int:
         fine_tuned_model_id=ft_id,
         seed=int((payload.get("hyperparameters") or {}).get("seed", 0) or 0),
     )
+    configure_tracking(request.hyperparameters, store.paths.root, job_id)  # [training] report_to: log dirs
     try:
         result = run_training(request, reporter)
     except TrainingCancelled:
-        finish_cancelled(store, job_id, "cancelled while training")
+        if primary:
+            finish_cancelled(store, job_id, "cancelled while training")
         return 0
     except TrainingError as exc:
-        finish_failed(store, job_id, exc.code, exc.message, data={"param": exc.param, "failure_kind": "training"})
+        code, message = peer_failure(reporter, exc.code, exc.message)
+        if not primary and code == exc.code:  # every rank raises the same error; rank 0 records it
+            return 1
+        finish_failed(store, job_id, code, message, data={"param": exc.param, "failure_kind": "training"})
         return 1
     except Exception as exc:  # anything else is a bug or an environment problem: record it, never hide it
         tb = traceback.format_exc()
         log.error("job %s crashed:\n%s", job_id, tb)
-        finish_failed(store, job_id, "internal_error", f"training crashed: {type(exc).__name__}: {exc}",
-                      data={"traceback": tb[-4000:], "failure_kind": "infrastructure"})
+        code, message = peer_failure(reporter, "internal_error", f"training crashed: {type(exc).__name__}: {exc}")
+        finish_failed(store, job_id, code, message, data={"traceback": tb[-4000:], "failure_kind": "infrastructure"})
         return 1
     if reporter.should_stop():
-        finish_cancelled(store, job_id, "cancelled while training")
+        if primary:
+            finish_cancelled(store, job_id, "cancelled while training")
+        return 0
+    if not primary:
         return 0
     data = {"fine_tuned_model": ft_id, "steps": result.steps, "train_loss": result.train_loss,
             "val_loss": result.val_loss, "train_tokens": result.train_tokens, "seconds": round(result.seconds, 3),
@@ -121,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_torch_threads(Settings.load(environ=os.environ).torch_threads)  # the backend passes its settings' env
     store = Store(Path(args.data_dir))
+    from learning_mcp.backend.distributed import run_rank, world_size
+
+    if world_size() > 1:  # a rank under torchrun
+        return run_rank(store, args.job_id)
     return run_job(store, args.job_id)
 
 

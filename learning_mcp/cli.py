@@ -3,7 +3,7 @@
 * ``learning-mcp`` — serve MCP over stdio (what an agent host runs).
 * ``learning-mcp --transport http --port 8000`` — serve MCP over streamable HTTP.
 * ``learning-mcp backend [--host H] [--port P] [--data-dir D]`` — run the embedded learning backend in the foreground.
-* ``learning-mcp tiny-model PATH [--size tiny|small]`` — write a tiny offline model + tokenizer for tests and demos.
+* ``learning-mcp tiny-model PATH [--size tiny|small|vl]`` — write a tiny offline model + tokenizer for tests and demos.
 
 Logging goes to stderr, configured before anything heavy is imported: on stdio, stdout belongs to the protocol.
 """
@@ -13,11 +13,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from learning_mcp import __version__
+from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.tools.settings import Settings
 
 
 def _version() -> str:
-    from learning_mcp import __version__
-
     return __version__
 
 
@@ -60,8 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           description="A tiny Qwen2-style causal LM with a byte-level tokenizer and a ChatML "
                                       "template, built offline; the trainer and inference accept it like any model.")
     tiny.add_argument("path", help="folder to write (created)")
-    tiny.add_argument("--size", choices=["tiny", "small"], default="tiny",
-                      help="tiny: ~27k parameters (plumbing tests); small: ~140k (learns arithmetic)")
+    tiny.add_argument("--size", choices=["tiny", "small", "vl"], default="tiny",
+                      help="tiny: ~27k parameters (plumbing tests); small: ~140k (learns arithmetic); "
+                           "vl: a ~41k-parameter LLaVA-style vision-language model + processor")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: %(default)s)")
     return parser
 
@@ -72,25 +78,42 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "uvicorn.access"):  # one line per request drowns what matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.command == "backend":
-        from learning_mcp.backend.launcher import backend_status, serve, stop_backend
-        from learning_mcp.paths import data_dir as resolve_data_dir
-
-        if args.stop or args.status:
-            root = resolve_data_dir(args.backend_data_dir or args.data_dir)
-            sys.stderr.write((stop_backend(root) if args.stop else backend_status(root)) + "\n")
-            return 0
-        return serve(host=args.backend_host, port=args.backend_port,
-                     data_dir=args.backend_data_dir or args.data_dir, api_key=args.api_key)
     if args.command == "tiny-model":
-        from learning_mcp.backend.tiny import main as tiny_main
+        from learning_mcp.backend.tiny import main as tiny_main  # imports torch: only for this command
 
         return tiny_main([args.path, "--size", args.size, "--seed", str(args.seed)])
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    if args.command == "backend":
+        from learning_mcp.backend.launcher import backend_status, serve, stop_backend
 
-    from learning_mcp.server.app import run_server
+        data_dir = args.backend_data_dir or settings.data_dir
+        if args.stop or args.status:
+            root = resolve_data_dir(data_dir)
+            sys.stderr.write((stop_backend(root) if args.stop else backend_status(root)) + "\n")
+            return 0
+        return serve(host=args.backend_host, port=args.backend_port, data_dir=data_dir,
+                     api_key=args.api_key or settings.local_key)
 
-    return run_server(transport=args.transport, host=args.host, port=args.port, env_files=args.env_file,
-                      backend_url=args.backend_url, data_dir=args.data_dir)
+    from learning_mcp.server.app import run_server  # the MCP SDK: not needed by the other commands
+
+    return run_server(settings, transport=args.transport, host=args.host, port=args.port)
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The one settings object, built here at start-up from the flags, the env files and the environment
+    (:meth:`Settings.load`); None after writing what is wrong to stderr."""
+    for path in args.env_file:
+        if not Path(path).is_file():
+            sys.stderr.write(f"Error: --env-file {path} does not exist\n")
+            return None
+    try:
+        return Settings.load(args.env_file, backend_url=args.backend_url, data_dir=args.data_dir)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        sys.stderr.write(f"Error: invalid setting ({problems})\n")
+        return None
 
 
 if __name__ == "__main__":

@@ -16,38 +16,36 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, AsyncIterator, Iterator, Literal
+import sys
+from contextlib import asynccontextmanager
+from typing import Annotated, AsyncIterator, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.types import CallToolResult
+from pydantic import Field
 
 from learning_mcp import __version__
-from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.backend.launcher import BackendStartError, ensure_backend
+from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
+                                        reject_unknown_tools, result, state_of, tool_errors)
+from learning_mcp.server.loop_tools import register_loop_tools
 from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
                                         ValidationResult)
 from learning_mcp.tools import jobs as job_ops
-from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of
+from learning_mcp.tools import models_registry
+from learning_mcp.tools.client import TERMINAL_STATUSES, LearningAPIError, LearningClient
+from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.tools.errors import ToolFailure, api_failure
-from learning_mcp.tools.settings import Target, load_env, resolve_target
+from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, TASKS_FORMAT_DOC
+from learning_mcp.tools.loop_manager import attach_loops
+from learning_mcp.tools.settings import Settings, Target
+from learning_mcp.tools.sft_config import CONFIG_SCHEMA_DOC, EXAMPLE_TOML
 
 log = logging.getLogger("learning_mcp.server")
-
-READ_ONLY_LOCAL = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
-                                  open_world_hint=False)
-READ_ONLY_REMOTE = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
-                                   open_world_hint=True)
-UPLOADS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
-STARTS_WORK = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                              open_world_hint=True)
-CANCELS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=True)
 
 INSTRUCTIONS = """\
 Fine-tune language models with supervised fine-tuning (SFT) and ReST-EM self-training.
@@ -65,27 +63,20 @@ learning://config/example shows a ready-to-edit SFT TOML.
 # --------------------------------------------------------------------------------------------------------
 # server state
 # --------------------------------------------------------------------------------------------------------
-@dataclass
-class ServerSettings:
-    backend_url: str | None = None
-    env_files: list[str] = field(default_factory=list)
-    data_dir: str | None = None
-
-
 class AppState:
     """Per-server state: the resolved target and a lazily created client. The embedded backend is started on
     first use, not at start-up, so listing tools spawns nothing — unless a loop was left running, which the
-    server resumes at start-up (see ``server/loops.py``)."""
+    server resumes at start-up (see ``tools/loop_manager.py``)."""
 
-    def __init__(self, settings: ServerSettings, tg: TaskGroup):
+    def __init__(self, settings: Settings, tg: TaskGroup):
         self.settings = settings
-        self.env = load_env(settings.env_files)
-        self.data_dir = resolve_data_dir(settings.data_dir or self.env.get("LEARNING_MCP_DATA_DIR"))
-        self.target: Target | None = resolve_target(backend_url=settings.backend_url, env=self.env)
+        self.data_dir = settings.resolved_data_dir()
+        self.target: Target | None = settings.target()
         self.tg = tg
         self._client: LearningClient | None = None
         self._lock = anyio.Lock()
-        self.loops = None  # set by the loop tools' registration (learning_mcp.server.loops)
+        self.loops = None  # set at start-up by learning_mcp.tools.loop_manager.attach_loops
+        self.evals = None  # idem
 
     async def client(self) -> LearningClient:
         async with self._lock:
@@ -94,12 +85,10 @@ class AppState:
                 if target is None:
                     target = await self._start_embedded_backend()
                     self.target = target
-                self._client = LearningClient(target)
+                self._client = LearningClient(target, extra_headers=self.settings.identity_headers)
             return self._client
 
     async def _start_embedded_backend(self) -> Target:
-        from learning_mcp.backend.launcher import BackendStartError, ensure_backend
-
         try:
             info = await anyio.to_thread.run_sync(lambda: ensure_backend(self.data_dir))
         except BackendStartError as exc:
@@ -107,58 +96,11 @@ class AppState:
                               f"could not start the embedded learning backend: {exc}. Install the training extra in "
                               "the learning-mcp checkout (pip install -e '.[train]'), or set SYNTH_API_KEY to use "
                               "Synth's hosted API.") from None
-        return Target(f"{info.url}/api", "local", self.env.get("LEARNING_MCP_BACKEND_KEY") or None)
+        return Target(f"{info.url}/api", "local", self.settings.local_key)
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-
-
-@contextmanager
-def tool_errors(action: str = "the call") -> Iterator[None]:
-    """Turn every expected failure into a ToolError whose text the model can act on."""
-    try:
-        yield
-    except ToolFailure as exc:
-        raise ToolError(str(exc)) from None
-    except LearningAPIError as exc:
-        raise ToolError(str(api_failure(exc, action=action))) from None
-
-
-def reject_unknown_tools(server: MCPServer) -> None:
-    """Answer a call to an unknown tool with JSON-RPC -32602, as both spec revisions require (MCPServer still
-    answers with an isError result: python-sdk#3659). Same middleware as the reference servers."""
-    from mcp.server.context import CallNext, ServerRequestContext
-    from mcp.shared.exceptions import MCPError
-    from mcp.types import INVALID_PARAMS
-
-    async def middleware(ctx: ServerRequestContext, call_next: CallNext):
-        if ctx.method == "tools/call" and ctx.params is not None:
-            name = ctx.params.get("name")
-            if isinstance(name, str) and name not in {tool.name for tool in await server.list_tools()}:
-                raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
-        return await call_next(ctx)
-
-    server.middleware.append(middleware)
-
-
-def result(model: BaseModel, summary: str) -> CallToolResult:
-    """A one-line summary for humans and models, then the structured JSON."""
-    data = model.model_dump(mode="json")
-    return CallToolResult(content=[TextContent(type="text", text=summary),
-                                   TextContent(type="text", text=json.dumps(data, indent=1, default=str))],
-                          structured_content=data)
-
-
-def state_of(ctx: Context) -> AppState:
-    return ctx.request_context.lifespan_context
-
-
-async def _progress(ctx: Context, done: float, total: float | None, message: str) -> None:
-    try:
-        await ctx.report_progress(done, total, message)
-    except Exception:  # progress is advisory: a host without a token or a closed stream must not fail the call
-        log.debug("progress notification dropped", exc_info=True)
 
 
 def status_next_step(status: str, fine_tuned_model: str | None, job_id: str) -> str:
@@ -176,13 +118,13 @@ def status_next_step(status: str, fine_tuned_model: str | None, job_id: str) -> 
 # --------------------------------------------------------------------------------------------------------
 # the server
 # --------------------------------------------------------------------------------------------------------
-def create_server(settings: ServerSettings | None = None) -> MCPServer:
-    settings = settings or ServerSettings()
+def create_server(settings: Settings | None = None) -> MCPServer:
+    """The MCP server. ``settings``: built once at start-up (``learning-mcp`` builds it from its flags, env files
+    and the environment); None: :meth:`Settings.load` with no env file."""
+    settings = settings or Settings.load()
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
-        from learning_mcp.server.loops import attach_loops
-
         async with anyio.create_task_group() as tg:
             state = AppState(settings, tg)
             await attach_loops(state)
@@ -253,8 +195,8 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
     @server.tool(title="Create and start a fine-tuning job", annotations=STARTS_WORK)
     async def create_job(
         ctx: Context,
-        config: Annotated[str, Field(description="SFT config: a path to a .toml file, or the TOML text itself "
-                                                 "(see resource learning://config/example)")],
+        config: Annotated[str, Field(description=f"SFT config: {CONFIG_ARG_HELP} (see resource "
+                                                 "learning://config/example)")],
         dataset: Annotated[str | None, Field(description="local JSONL path: validated and uploaded in this call")] = None,
         training_file_id: Annotated[str | None, Field(description="file_id from upload_file (instead of dataset)")] = None,
         validation_file_id: Annotated[str | None, Field(description="file_id of a validation set")] = None,
@@ -276,7 +218,7 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
             out = await job_ops.create_job_from_config(
                 api, config, dataset=dataset, training_file_id=training_file_id,
                 validation_file_id=validation_file_id, model=model, start=start, dry_run=dry_run,
-                progress=lambda d, t, m: _progress(ctx, d, t, m))
+                progress=lambda d, t, m: _progress(ctx, d, t, m), environ=state_of(ctx).settings.environ)
         if out.dry_run:
             next_step = "Dry run only: nothing was uploaded or created. Call create_job again without dry_run."
             summary = f"dry run: payload for {out.model} built and datasets valid"
@@ -301,6 +243,8 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
         job_id: Annotated[str, Field(description="job_id returned by create_job")],
         since_seq: Annotated[int, Field(ge=0, description="only events after this seq (use next_since_seq)")] = 0,
         wait_seconds: Annotated[float, Field(ge=0, le=50, description="wait up to this long for a change")] = 0,
+        chart: Annotated[bool, Field(description="also return the train/validation loss curves as a PNG image "
+                                                 "(kept at <data dir>/jobs/<job_id>/loss.png)")] = False,
     ) -> Annotated[CallToolResult, JobStatusResult]:
         """Status, progress (step/total/epoch/loss), latest metrics, new events and, when done, fine_tuned_model.
 
@@ -312,32 +256,41 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
             api = await state_of(ctx).client()
             snap = await job_ops.job_status(api, job_id, since_seq=since_seq, wait_seconds=wait_seconds)
         rec = snap.record
-        status = rec.get("status") or "unknown"
+        status = rec.status
         ftm = job_ops.fine_tuned_model_of(rec, snap.events)
         if status == "succeeded" and not ftm:
             with tool_errors(f"reading job {job_id}"):
-                ftm = job_ops.fine_tuned_model_of(rec, await api.get_events(job_id, since_seq=0, limit=1000))
+                ftm = job_ops.fine_tuned_model_of(rec, await api.events(job_id, since_seq=0, limit=1000))
         progress = JobProgress(**{k: v for k, v in (snap.progress or {}).items() if k in JobProgress.model_fields}) \
             if snap.progress else None
         model = JobStatusResult(
             job_id=job_id, status=status, terminal=status in TERMINAL_STATUSES, fine_tuned_model=ftm,
-            model=rec.get("model") or rec.get("model_id"), progress=progress, latest_metrics=snap.latest_metrics,
+            model=rec.model, progress=progress, latest_metrics=snap.latest_metrics,
             events=[JobEvent(**job_ops.compact_event(e)) for e in snap.events], next_since_seq=snap.next_since_seq,
             more_events=snap.more_events,
-            error=job_ops.error_dict(rec.get("error")) if status == "failed" or status == "cancelled" else None,
-            failure_kind=job_ops.failure_kind(status, rec.get("error")),
-            next_poll_seconds=job_ops.next_poll_seconds(status), created_at=job_ops.time_text(rec.get("created_at")),
-            finished_at=job_ops.time_text(rec.get("finished_at")), next_step=status_next_step(status, ftm, job_id))
+            error=job_ops.error_dict(rec.error) if status == "failed" or status == "cancelled" else None,
+            failure_kind=job_ops.failure_kind(status, rec.error),
+            next_poll_seconds=job_ops.next_poll_seconds(status), created_at=job_ops.time_text(rec.created_at),
+            finished_at=job_ops.time_text(rec.finished_at), next_step=status_next_step(status, ftm, job_id))
         bits = [f"job {job_id}: {status}"]
         if progress and progress.step is not None:
             bits.append(f"step {progress.step}/{progress.total_steps}" + (f", loss {progress.loss:.4g}"
                                                                           if progress.loss is not None else ""))
         if ftm:
             bits.append(f"fine_tuned_model {ftm}")
-        if status == "failed" and rec.get("error"):
-            message = rec["error"].get("message") if isinstance(rec["error"], dict) else rec["error"]
+        if status == "failed" and rec.error:
+            message = rec.error.get("message") if isinstance(rec.error, dict) else rec.error
             bits.append(f"error: {' '.join(str(message).split())}")  # the summary stays one line
-        return result(model, "; ".join(bits))
+        if not chart:
+            return result(model, "; ".join(bits))
+        from learning_mcp.tools import charts
+
+        with tool_errors(f"charting job {job_id}"):
+            path = charts.job_chart_path(state_of(ctx).data_dir, job_id)
+            png = await charts.job_loss_chart(api, job_id, out_path=path)
+        out = result(model, "; ".join(bits + [f"loss chart {path}"]))
+        out.content.append(charts.png_image_content(png))
+        return out
 
     # -- cancel_job / list_jobs ------------------------------------------------------------------------
     @server.tool(title="Cancel a job", annotations=CANCELS)
@@ -355,7 +308,7 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
                 if exc.status == 404:
                     raise ToolFailure("unknown_job", f"Unknown job_id {job_id!r}; call list_jobs to see jobs") from None
                 raise
-            status = record.get("status") or (await api.get_job(job_id)).get("status")
+            status = record.get("status") or (await api.job(job_id)).status
         message = record.get("message") or f"cancel requested; status {status}"
         model = CancelResult(job_id=job_id, status=status, terminal=status in TERMINAL_STATUSES, message=message)
         return result(model, f"job {job_id}: {message}")
@@ -370,12 +323,11 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
         """Recent jobs on the learning API, newest first, with their status and fine_tuned_model. Read-only."""
         with tool_errors("listing jobs"):
             api = await state_of(ctx).client()
-            jobs = await api.list_jobs(status=status, limit=limit)
+            jobs = await api.jobs(status=status, limit=limit)
         model = JobListResult(backend=api.target.describe(), jobs=[
-            JobSummary(job_id=job_id_of(j) or "?", status=j.get("status") or "?",
-                       model=j.get("model") or j.get("model_id"), fine_tuned_model=j.get("fine_tuned_model"),
-                       created_at=job_ops.time_text(j.get("created_at")),
-                       finished_at=job_ops.time_text(j.get("finished_at"))) for j in jobs])
+            JobSummary(job_id=j.id or "?", status=j.status if j.status != "unknown" else "?", model=j.model,
+                       fine_tuned_model=j.fine_tuned_model, created_at=job_ops.time_text(j.created_at),
+                       finished_at=job_ops.time_text(j.finished_at)) for j in jobs])
         return result(model, f"{len(model.jobs)} job(s) on {api.target.describe()}")
 
     # -- diagnose --------------------------------------------------------------------------------------
@@ -389,10 +341,10 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
             api = await state.client()
             health = await api.health()
             reachable, detail = True, f"health: {health.get('status', 'ok')}"
+        except LearningAPIError as exc:  # before LearningMCPError, its base type
+            detail = str(api_failure(exc, action="health check"))
         except ToolFailure as exc:
             detail = exc.message
-        except LearningAPIError as exc:
-            detail = str(api_failure(exc, action="health check"))
         target = state.target
         model = DiagnoseResult(backend=target.kind if target else "local", api_base=target.api_base if target else "",
                                key_set=bool(target and target.api_key), reachable=reachable, detail=detail,
@@ -400,36 +352,28 @@ def create_server(settings: ServerSettings | None = None) -> MCPServer:
         return result(model, f"{model.backend} learning API at {model.api_base or '?'}: "
                              f"{'reachable' if reachable else 'NOT reachable'} ({detail})")
 
-    register_resources(server)
-    from learning_mcp.server.loops import register_loop_tools  # loops imports this module: import late
-
+    register_resources(server, settings)
     register_loop_tools(server)
     return server
 
 
-def register_resources(server: MCPServer) -> None:
+def register_resources(server: MCPServer, settings: Settings) -> None:
     @server.resource("learning://config/example", name="example-sft-config", mime_type="text/markdown",
                      description="An SFT TOML config to copy, and the accepted sections and keys")
     def example_config() -> str:
-        from learning_mcp.tools.sft_config import CONFIG_SCHEMA_DOC, EXAMPLE_TOML
-
         return f"# Example SFT config\n\n```toml\n{EXAMPLE_TOML}\n```\n\n{CONFIG_SCHEMA_DOC}"
 
     @server.resource("learning://config/loop-example", name="example-loop-config", mime_type="text/markdown",
                      description="A ReST-EM loop TOML for run_sft_loop, and the task-file format")
     def example_loop_config() -> str:
-        from learning_mcp.tools.loop import LOOP_EXAMPLE_TOML, TASKS_FORMAT_DOC
-
         return f"# Example loop config\n\n```toml\n{LOOP_EXAMPLE_TOML}```\n\n{TASKS_FORMAT_DOC}"
 
     @server.resource("learning://models/synth", name="synth-models", mime_type="application/json",
                      description="Base models Synth's hosted API accepts for SFT (the embedded backend accepts any "
                                  "local path or Hugging Face id it can load)")
     def synth_models() -> str:
-        from learning_mcp.tools import models_registry as reg
-
-        return json.dumps({"sft_supported": sorted(reg.SFT_SUPPORTED_MODELS),
-                           "experimental": sorted(reg.experimental_models())}, indent=1)
+        return json.dumps({"sft_supported": sorted(models_registry.SFT_SUPPORTED_MODELS),
+                           "experimental": sorted(models_registry.experimental_models(settings.environ))}, indent=1)
 
     @server.resource("learning://jobs/{job_id}", name="job", mime_type="application/json",
                      description="A job's full record on the learning API")
@@ -441,21 +385,14 @@ def register_resources(server: MCPServer) -> None:
             raise ResourceError(f"cannot read job {job_id}: {exc}") from None
 
 
-def run_server(*, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000,
-               env_files: list[str] | None = None, backend_url: str | None = None, data_dir: str | None = None) -> int:
-    """Entry point used by ``learning-mcp``: fail fast on bad configuration, then serve."""
-    import sys
-
-    for path in env_files or []:
-        if not Path(path).is_file():
-            sys.stderr.write(f"Error: --env-file {path} does not exist\n")
-            return 2
+def run_server(settings: Settings, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Entry point used by ``learning-mcp`` (which builds ``settings``): fail fast on bad configuration, then
+    serve."""
     if transport == "http" and host not in {"127.0.0.1", "localhost", "::1"}:
         sys.stderr.write(f"Error: refusing to serve MCP over HTTP on {host}: the tools read local files and start "
                          "training; serve on 127.0.0.1 and put an authenticating proxy in front for remote use\n")
         return 2
-    server = create_server(ServerSettings(backend_url=backend_url, env_files=list(env_files or []),
-                                          data_dir=data_dir))
+    server = create_server(settings)
     if transport == "http":
         server.run("streamable-http", host=host, port=port)
     else:

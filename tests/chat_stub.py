@@ -12,7 +12,8 @@ Usage::
 
 ``start_chat_stub(answer_fn=None, **faults)`` returns a :class:`ChatStub` – a named tuple
 ``(base_url, state, stop)`` that is also a context manager. ``answer_fn(messages, index) -> str`` (or
-``(text, finish_reason)``) answers deterministically from the prompt; ``index`` counts the samples already served
+``(text, finish_reason)``, or a message dict such as ``{"content": ..., "reasoning_content": ..., "finish_reason":
+...}``) answers deterministically from the prompt; ``index`` counts the samples already served
 for that exact prompt, so a top-up request gets fresh indices. The default echoes the last user message.
 
 Faults (keyword arguments, see :class:`StubFaults`; change them later through ``state.faults`` or
@@ -237,8 +238,14 @@ def _decide(
             index = state.samples_per_prompt[key]
             state.samples_per_prompt[key] += 1
         result = answer(messages, index)
-        text, finish = result if isinstance(result, tuple) else (result, "stop")
-        choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        if isinstance(result, dict):  # a whole message, e.g. {"content": ..., "reasoning_content": ...}
+            extra_fields = dict(result)
+            finish = extra_fields.pop("finish_reason", "stop")
+            message = {"role": "assistant", **extra_fields}
+        else:
+            text, finish = result if isinstance(result, tuple) else (result, "stop")
+            message = {"role": "assistant", "content": text}
+        choices.append({"index": i, "message": message, "finish_reason": finish})
     payload = {
         "id": f"chatcmpl-stub-{state.requests}",
         "object": "chat.completion",

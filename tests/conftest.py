@@ -146,6 +146,15 @@ def wait_file_ready(api: str, file_id: str, timeout: float = 30) -> dict:
     raise AssertionError(f"file {file_id} stayed processing")
 
 
+def upload_ready(api: str, path: Path) -> str:
+    """Upload ``path`` to the backend as a fine-tune file, wait until it is validated, return its id."""
+    with open(path, "rb") as fh:
+        file_id = httpx.post(f"{api}/learning/files", files={"file": (path.name, fh, "application/jsonl")},
+                             data={"purpose": "fine-tune"}, timeout=30).json()["id"]
+    wait_file_ready(api, file_id)
+    return file_id
+
+
 @pytest.fixture
 def proxy(backend):
     """A fault-injecting proxy (``fault_proxy.ScriptedProxy``) in front of the session backend; ``proxy.url``."""
@@ -155,3 +164,18 @@ def proxy(backend):
     p.url = p.start()
     yield p
     p.stop()
+
+
+def upload_ready(api: str, path: Path) -> str:
+    """Upload a JSONL to the backend over HTTP and wait until it is validated; returns the file id."""
+    with open(path, "rb") as fh:
+        file_id = httpx.post(f"{api}/learning/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune"},
+                             timeout=30).json()["id"]
+    wait_file_ready(api, file_id)
+    return file_id
+
+
+def job_history(api: str, job_id: str) -> list[dict]:
+    """Every event of a job, oldest first."""
+    body = httpx.get(f"{api}/learning/jobs/{job_id}/events", params={"limit": 1000}, timeout=10).json()
+    return body.get("events") or body.get("data")

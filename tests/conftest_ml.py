@@ -205,3 +205,16 @@ def trained_full(ml_root, models_dir, tiny_model_dir) -> TrainedModel:
 def trained_lora(ml_root, models_dir, tiny_model_dir) -> TrainedModel:
     """LoRA (requested as QLoRA) on the tiny model: 30 steps."""
     return _cached("trained_lora", lambda: _train_lora(ml_root, models_dir, tiny_model_dir))
+
+
+def refused_before_training(request) -> Any:
+    """Run ``request``; it must fail with a ``TrainingError`` before training starts. Returns the error."""
+    from learning_mcp.backend.trainer import TrainingError, run_training
+
+    reporter = RecordingReporter()
+    try:
+        run_training(request, reporter)
+    except TrainingError as exc:
+        assert "sft.training.started" not in reporter.event_types()
+        return exc
+    raise AssertionError("training ran; it should have been refused")

@@ -651,8 +651,11 @@ def test_parallel_byte_ranges_match_sequential(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(dataset, "_PARALLEL_CHUNK_BYTES", 4096)  # many ranges, boundaries inside lines
     parallel = validate_jsonl(path, workers=2, max_errors=5).to_dict()
     assert parallel == sequential
-    assert sequential["error_total"] == 12
-    assert len(sequential["warnings"]) == 4
+    # issue 8: the 47 records whose only assistant reply is "answer " * 0 == "" are errors (empty target),
+    # and a fifth warning counts the empty assistant messages
+    assert sequential["error_total"] == 12 + 47
+    assert sequential["error_counts"]["empty_assistant_target"] == 47
+    assert len(sequential["warnings"]) == 5
     # and the worker processes really ran (no silent in-process fallback)
     options = dataset._CheckOptions(2, True, None, 5)
     scan = dataset._scan_in_processes(path, path.stat().st_size, options, 2)

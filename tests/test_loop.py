@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse
 from mcp import Client
 
 from conftest import wait_job, write_jsonl
-from learning_mcp.server.app import ServerSettings, create_server
+from learning_mcp.server.app import create_server
+from learning_mcp.tools.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -76,7 +77,7 @@ async def wait_step(client: Client, loop_id: str, step: str, timeout: float = 18
 
 
 def server(backend, data_dir: Path):
-    return create_server(ServerSettings(backend_url=backend.url, data_dir=str(data_dir)))
+    return create_server(Settings.load(backend_url=backend.url, data_dir=str(data_dir)))
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -333,7 +334,7 @@ async def test_keys_only_go_where_they_belong(backend, seed_model, tmp_path, mon
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-TOPSECRET")
     stub = start_chat_stub(lambda messages, index: "3")
     try:
-        settings = ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp"))
+        settings = Settings.load(backend_url=backend.url, data_dir=str(tmp_path / "mcp"))
         monkeypatch.setenv("SYNTH_API_KEY", "sk-SECRET-KEY")  # sent to the learning API only
         async with Client(create_server(settings)) as client:
             r = await client.call_tool("eval", {"model": seed_model, "tasks": str(tasks), "chat_url": stub.chat_url,

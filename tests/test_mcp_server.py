@@ -29,7 +29,8 @@ from mcp import Client, MCPError
 from mcp.types import CallToolResult
 
 from conftest import arithmetic_rows, free_port, write_jsonl
-from learning_mcp.server.app import ServerSettings, create_server
+from learning_mcp.server.app import create_server
+from learning_mcp.tools.settings import Settings
 
 MODES = ["auto", "legacy"]
 PROTOCOL = {"auto": "2026-07-28", "legacy": "2025-11-25"}
@@ -145,7 +146,7 @@ def mode(request) -> str:
 
 @pytest.fixture
 def server(backend, tmp_path):
-    return create_server(ServerSettings(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
+    return create_server(Settings.load(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +462,7 @@ async def test_argument_validation_is_a_tool_error(server, mode, anyio_backend):
 @pytest.mark.anyio
 async def test_backend_down(tmp_path, data, tiny_model, mode, anyio_backend):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    server = create_server(ServerSettings(backend_url=url, data_dir=str(tmp_path / "mcp-data")))
+    server = create_server(Settings.load(backend_url=url, data_dir=str(tmp_path / "mcp-data")))
     train = str(data / "train.jsonl")
     async with connect(server, mode) as s:
         for tool, args in (("get_job_status", {"job_id": "ftjob-x"}), ("list_jobs", {}),
@@ -477,7 +478,7 @@ async def test_backend_down(tmp_path, data, tiny_model, mode, anyio_backend):
 
 @pytest.fixture
 def proxied_server(proxy, tmp_path):
-    return create_server(ServerSettings(backend_url=proxy.url, data_dir=str(tmp_path / "mcp-data")))
+    return create_server(Settings.load(backend_url=proxy.url, data_dir=str(tmp_path / "mcp-data")))
 
 
 @pytest.mark.anyio
@@ -580,7 +581,7 @@ async def test_api_key_never_leaks(proxy, data, tiny_model, tmp_path, monkeypatc
     proxy.add("GET", "/api/learning/jobs", "echo_auth", status=401, times=1000)
     proxy.add("POST", "/api/learning/jobs", "echo_auth", status=500, times=1000)
     proxy.add("POST", "/api/learning/files", "echo_auth", status=403, times=1000)
-    server = create_server(ServerSettings(backend_url=proxy.url, data_dir=str(tmp_path / "mcp-data")))
+    server = create_server(Settings.load(backend_url=proxy.url, data_dir=str(tmp_path / "mcp-data")))
     caplog.set_level(logging.DEBUG)
     async with connect(server, mode) as s:
         diag = await s.ok("diagnose")
@@ -602,9 +603,9 @@ async def test_api_key_never_leaks(proxy, data, tiny_model, tmp_path, monkeypatc
 async def test_unknown_tool_is_a_protocol_error(tmp_path, mode):
     from mcp import Client, MCPError
 
-    from learning_mcp.server.app import ServerSettings, create_server
+    from learning_mcp.server.app import create_server
 
-    async with Client(create_server(ServerSettings(data_dir=str(tmp_path))), mode=mode) as client:
+    async with Client(create_server(Settings.load(data_dir=str(tmp_path))), mode=mode) as client:
         with pytest.raises(MCPError) as info:
             await client.call_tool("no_such_tool", {})
     assert "Unknown tool: no_such_tool" in str(info.value)

@@ -286,8 +286,9 @@ def test_help_exits_zero_without_importing_torch(tmp_path):
     probe = f"""
 import json, sys
 import learning_mcp.cli, learning_mcp.server.app
-from learning_mcp.server.app import ServerSettings, create_server
-server = create_server(ServerSettings(data_dir={str(tmp_path / 'data')!r}))
+from learning_mcp.server.app import create_server
+from learning_mcp.tools.settings import Settings
+server = create_server(Settings.load(data_dir={str(tmp_path / 'data')!r}))
 try:
     learning_mcp.cli.main(["--help"])
 except SystemExit as exc:

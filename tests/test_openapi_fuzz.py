@@ -3,9 +3,10 @@
 A real backend (``learning-mcp backend``) is started on loopback and every operation of its ``/openapi.json`` is
 fuzzed over HTTP — positive and negative data, ~25 examples per operation, derandomized so a run is repeatable;
 operations with a ``{file_id}``/``{job_id}`` are tried again with real ids, so they get past the 404. Plain
-Hypothesis closes what Schemathesis cannot reach: the job-create and chat bodies (the spec declares no request body
-for them, so Schemathesis only ever sends an empty one), raw and malformed multipart uploads, and integer query
-parameters past 2**63 (SQLite's integer range; 25 Schemathesis examples never draw that far).
+Hypothesis closes what Schemathesis cannot reach: job-create and chat bodies with any JSON in any slot (the spec
+declares their request schemas — the SFT contract's ``SFTJobPayload`` and ``ChatCompletionRequest`` — which
+Schemathesis fuzzes too, but only within and just outside the schema), raw and malformed multipart uploads, and
+integer query parameters past 2**63 (SQLite's integer range; 25 Schemathesis examples never draw that far).
 
 A failure names the operation and the request, and carries the traceback the backend logged (its whole log is
 ``<data dir>/test-backend.log``).
@@ -121,6 +122,22 @@ def test_the_spec_covers_every_route_clients_use():
         assert needed in operations, sorted(operations)
 
 
+def test_the_spec_shows_request_schemas_for_job_creation_and_chat():
+    def request_schema(path: str) -> dict:
+        body = SPEC["paths"][path]["post"]["requestBody"]
+        ref = body["content"]["application/json"]["schema"]["$ref"]
+        return SPEC["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+
+    job = request_schema("/api/learning/jobs")
+    assert {"model", "training_file_id"} <= set(job["required"])
+    assert {"model", "training_type", "training_file_id", "validation_file_id", "hyperparameters",
+            "metadata"} <= set(job["properties"])
+    hyperparameters = SPEC["components"]["schemas"]["SFTHyperparameters"]["properties"]
+    assert {"sequence_length", "lora_dropout", "learning_rate", "n_epochs"} <= set(hyperparameters)
+    chat = request_schema("/api/inference/v1/chat/completions")
+    assert chat["required"] == ["model", "messages"] and {"n", "temperature", "max_tokens"} <= set(chat["properties"])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # integer query parameters of any size (Schemathesis's 25 examples never draw past 2**63, SQLite's limit)
 # --------------------------------------------------------------------------------------------------------------
@@ -161,7 +178,7 @@ def test_integer_query_parameters_of_any_size(fuzz_backend, known_ids, method, p
 
 
 # --------------------------------------------------------------------------------------------------------------
-# bodies the spec does not describe
+# bodies with any JSON in any slot (beyond what the request schemas describe)
 # --------------------------------------------------------------------------------------------------------------
 
 json_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)

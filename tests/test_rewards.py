@@ -297,3 +297,56 @@ def test_python_verifier_construction_errors(verifier_module, tmp_path):
     with pytest.raises(VerifierError) as info:
         make_verifier({"type": "python"})
     assert info.value.code == "invalid_verifier_spec"
+
+
+# -- grader-style final answers (issue 9) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("#### 42\nI hope this answer is helpful!", "42"),
+        ("#### 42 I hope this answer is helpful!", "42"),
+        ("The answer is 42. I hope this answer is helpful!", "42"),
+        ("#### 42 #### 42 #### 4", "4"),  # the LAST #### counts
+        ("#### Step 1: add\n14 + 28 = 42, so the answer is 42.", "42"),  # a markdown heading is not an answer
+        ("so 14 + 28 = 42. #### 42", "42"),
+        ("The answer is 41.\nThe final answer is 42. Done", "42"),
+        ("The answer is Paris. I hope this answer is helpful!", "Paris"),
+    ],
+)
+def test_extract_answer_takes_the_final_answer(text, expected):
+    assert extract_final_answer(text, "answer") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1{,}000", 1000.0), (r"1\,000", 1000.0), (r"\$18.90", 18.9), (r"-\frac{3}{4}", -0.75), (r"\dfrac34", 0.75),
+     ("12 cm", 12.0), (r"12\text{ cm}", 12.0), ("72 dollars", 72.0), (r"50\%", 50.0), ("three", None)],
+)
+def test_parse_number_reads_latex_and_units(value, expected):
+    assert parse_number(value) == expected
+
+
+@pytest.mark.parametrize("kind", ["numeric", "answer", "boxed"])
+def test_gsm8k_references_in_numeric_verifiers(kind):
+    reference = "Half of 48 is <<48/2=24>>24.\n48 + 24 = <<48+24=72>>72\n#### 72"
+    right = {"numeric": "so 72", "answer": "#### 72", "boxed": r"\boxed{72}"}[kind]
+    wrong = {"numeric": "so 24", "answer": "#### 24", "boxed": r"\boxed{24}"}[kind]
+    verifier = make_verifier(kind)
+    assert verifier(task(reference), right) == 1.0
+    assert verifier(task(reference), wrong) == 0.0
+
+
+def test_exact_keeps_comparing_the_whole_reference_but_drops_reasoning():
+    verifier = make_verifier("exact")
+    assert verifier(task("rationale\n#### 5"), "5") == 0.0
+    assert verifier(task("5"), "<think>\nhmm\n</think>\n\n5") == 1.0
+    assert verifier(task("5"), "<think>5") == 0.0  # cut off while thinking
+
+
+def test_numeric_last_number_reads_latex_fractions_and_separators():
+    verifier = make_verifier("numeric")
+    assert verifier(task("-0.75"), r"so it is -\frac{3}{4}") == 1.0
+    assert verifier(task("1000"), r"a total of 1{,}000") == 1.0
+    assert verifier(task("1000"), r"a total of 1{,}001") == 0.0

@@ -165,8 +165,9 @@ def test_filter_stages_and_output_shape(store, tmp_path):
     out = tmp_path / "out" / "kept.jsonl"
     spec = FilterSpec(output=str(out), run_id="run-a", phases=["train_eval"], max_per_problem=2)
     report = filter_traces(spec, store)
-    assert report.counts == {"matched": 7, "rewarded": 5, "deduped": 4, "capped": 3, "limited": 3, "written": 3}
-    assert list(report.counts) == ["matched", "rewarded", "deduped", "capped", "limited", "written"]
+    assert report.counts == {"matched": 7, "rewarded": 5, "not_truncated": 5, "deduped": 4, "capped": 3, "limited": 3,
+                             "written": 3}
+    assert list(report.counts) == ["matched", "rewarded", "not_truncated", "deduped", "capped", "limited", "written"]
     assert report.problems == 2 and report.per_problem_max == 2
     assert report.output == str(out.resolve())
     assert report.message == f"Wrote 3 examples -> {out.resolve()}"

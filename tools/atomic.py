@@ -19,12 +19,16 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     _write_atomic(Path(path), [text])
 
 
-def _write_atomic(path: Path, chunks: Iterable[str]) -> int:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    _write_atomic(Path(path), [data], binary=True)
+
+
+def _write_atomic(path: Path, chunks: Iterable[str] | Iterable[bytes], *, binary: bool = False) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as handle:
             for chunk in chunks:
                 handle.write(chunk)
                 count += 1

@@ -4,8 +4,8 @@ Design:
 
 * **One request path** (:meth:`LearningClient._request`): every call goes through it, so auth headers,
   timeouts, retries and error shaping are the same everywhere.
-* **Retries** with exponential backoff and full jitter on connection errors, 429 (``Retry-After`` honoured)
-  and 5xx — only for calls that are safe to repeat: reads, ``start``/``cancel`` (idempotent by contract),
+* **Retries** by the one HTTP layer (:mod:`learning_mcp.tools.http`: tenacity, exponential backoff with full
+  jitter, ``Retry-After`` honoured) on connection errors, 408, 429 and 5xx — only for calls that are safe to repeat: reads, ``start``/``cancel`` (idempotent by contract),
   uploads (content-addressed on our backend; a duplicate file elsewhere is harmless) and job creation, which
   always carries an ``Idempotency-Key`` so a retried create cannot make a second job.
 * **Errors** are :class:`LearningAPIError` carrying the status, method, path and the server's ``detail``
@@ -18,22 +18,24 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import quote
 
 import anyio
 import httpx
 
-from learning_mcp.tools.settings import Target, redact
+from learning_mcp.tools.errors import LearningAPIError
+from learning_mcp.tools.http import RetryPolicy, retry_after_s, retryable_status
+from learning_mcp.tools.records import STATUS_ALIASES as STATUS_ALIASES  # re-exported (Synth spellings)
+from learning_mcp.tools.records import Event, File, Job, Model, normalize_status
+from learning_mcp.tools.settings import Target, identity_headers, process_environ, redact
 
 log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-STATUS_ALIASES = {"canceled": "cancelled", "completed": "succeeded", "error": "failed"}
 FILE_READY = frozenset({"ready", "uploaded", "stored", "complete", "processed"})
 FILE_PENDING = frozenset({"processing", "pending", "validating"})
 ProgressCallback = Callable[[int, int], Awaitable[None] | None]
@@ -41,14 +43,7 @@ ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 
 def path_segment(value: str) -> str:
     """One URL path segment: ids are opaque, so ``/``, ``..`` and friends must not change the route."""
-    from urllib.parse import quote
-
     return quote(str(value), safe="")
-
-
-def normalize_status(status: str | None) -> str:
-    status = (status or "").lower()
-    return STATUS_ALIASES.get(status, status)
 
 
 def job_id_of(record: dict) -> str | None:
@@ -60,33 +55,9 @@ def content_type_for(path: Path) -> str:
         path.suffix.lower(), "application/octet-stream")
 
 
-class LearningAPIError(Exception):
-    """An HTTP error (or an unreachable API) with what an agent needs to act on it."""
-
-    def __init__(self, status: int | None, method: str, path: str, detail: str, *, code: str | None = None,
-                 param: str | None = None, retry_after: float | None = None):
-        self.status, self.method, self.path, self.detail = status, method, path, detail
-        self.code = code or ("unreachable" if status is None else f"http_{status}")
-        self.param, self.retry_after = param, retry_after
-        where = f"{method} {path}"
-        super().__init__(f"{where} failed: {detail}" if status is None else f"{where} -> HTTP {status}: {detail}")
-
-    @property
-    def unreachable(self) -> bool:
-        return self.status is None
-
-
-@dataclass
-class RetryPolicy:
-    attempts: int = 4
-    base_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-    max_retry_after_s: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after_s)
-        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * (2**attempt)))
+def _retryable(exc: BaseException) -> bool:
+    """The HTTP layer's rule (:func:`~learning_mcp.tools.http.retryable_status`); unreachable counts too."""
+    return isinstance(exc, LearningAPIError) and (exc.status is None or retryable_status(exc.status))
 
 
 def _detail_of(response: httpx.Response, secrets: tuple | list = ()) -> tuple[str, str | None, str | None]:
@@ -104,21 +75,6 @@ def _detail_of(response: httpx.Response, secrets: tuple | list = ()) -> tuple[st
     if isinstance(detail, list):  # FastAPI validation list
         detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail if isinstance(d, dict))
     return redact(str(detail), list(secrets))[:1000], err.get("code"), err.get("param")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 class _CountingReader:
@@ -146,16 +102,17 @@ class _CountingReader:
 
 class LearningClient:
     def __init__(self, target: Target, *, timeout_s: float = 30.0, upload_timeout_s: float = 300.0,
-                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None):
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 extra_headers: Mapping[str, str] | None = None):
+        """``extra_headers``: Synth's identity headers (the server passes ``Settings.identity_headers``; None:
+        read from the process environment, as Synth's SDK does)."""
         self.target = target
         self.retry = retry or RetryPolicy()
         self.upload_timeout_s = upload_timeout_s
         headers = {"accept": "application/json", "user-agent": "learning-mcp"}
         if target.api_key:
             headers["Authorization"] = f"Bearer {target.api_key}"
-        for env_name, header in (("SYNTH_USER_ID", "X-User-ID"), ("SYNTH_ORG_ID", "X-Org-ID")):
-            if os.environ.get(env_name):
-                headers[header] = os.environ[env_name]
+        headers.update(identity_headers(process_environ()) if extra_headers is None else extra_headers)
         self._http = httpx.AsyncClient(base_url=target.api_base + "/", headers=headers,
                                        timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
 
@@ -175,39 +132,31 @@ class LearningClient:
         path = path.lstrip("/")
         if path.startswith("api/"):  # never /api/api (Synth's AsyncHttpClient._abs)
             path = path[4:]
-        attempts = self.retry.attempts if retry else 1
-        last_error: LearningAPIError | None = None
-        for attempt in range(attempts):
+        policy = self.retry if retry else self.retry.model_copy(update={"attempts": 1})
+
+        async def once(attempt: int) -> httpx.Response:
+            kwargs: dict[str, Any] = {"params": params, "headers": headers}
+            if json is not None:
+                kwargs["json"] = json
+            if build_files is not None:
+                kwargs["files"] = build_files()
+                kwargs["data"] = data
+            if timeout is not None:
+                kwargs["timeout"] = httpx.Timeout(timeout, connect=10.0)
             try:
-                kwargs: dict[str, Any] = {"params": params, "headers": headers}
-                if json is not None:
-                    kwargs["json"] = json
-                if build_files is not None:
-                    kwargs["files"] = build_files()
-                    kwargs["data"] = data
-                if timeout is not None:
-                    kwargs["timeout"] = httpx.Timeout(timeout, connect=10.0)
                 response = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 reason = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                                 [self.target.api_key])
-                last_error = LearningAPIError(None, method, "/" + path,
-                                              f"cannot reach the learning API at {self.target.api_base} ({reason})")
-            else:
-                if response.status_code < 400:
-                    return response
-                detail, code, param = _detail_of(response, [self.target.api_key])
-                last_error = LearningAPIError(response.status_code, method, "/" + path,
-                                              redact(detail, [self.target.api_key]), code=code, param=param,
-                                              retry_after=_retry_after(response))
-                if not (response.status_code == 429 or response.status_code >= 500):
-                    raise last_error
-            if attempt + 1 < attempts:
-                delay = self.retry.delay(attempt, last_error.retry_after)
-                log.info("%s /%s: %s; retrying in %.1fs", method, path, last_error.detail, delay)
-                await anyio.sleep(delay)
-        assert last_error is not None
-        raise last_error
+                raise LearningAPIError(None, method, "/" + path,
+                                       f"cannot reach the learning API at {self.target.api_base} ({reason})") from None
+            if response.status_code < 400:
+                return response
+            detail, code, param = _detail_of(response, [self.target.api_key])
+            raise LearningAPIError(response.status_code, method, "/" + path, redact(detail, [self.target.api_key]),
+                                   code=code, param=param, retry_after=retry_after_s(response.headers))
+
+        return await policy.call(once, retryable=_retryable, label=f"{method} /{path}")
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
@@ -385,6 +334,22 @@ class LearningClient:
     async def list_models(self) -> list[dict]:
         body = await self._json("GET", "learning/models", retry=True)
         return body.get("data") or body.get("models") or [] if isinstance(body, dict) else body
+
+    # -- typed records (aliases resolved once: tools/records.py) ---------------------------------------
+    async def job(self, job_id: str) -> Job:
+        return Job.of(await self.get_job(job_id))
+
+    async def jobs(self, *, status: str | None = None, limit: int = 20) -> list[Job]:
+        return [Job.of(j) for j in await self.list_jobs(status=status, limit=limit)]
+
+    async def events(self, job_id: str, *, since_seq: int = 0, limit: int = 200) -> list[Event]:
+        return [Event.of(e) for e in await self.get_events(job_id, since_seq=since_seq, limit=limit)]
+
+    async def file(self, file_id: str) -> File:
+        return File.of(await self.get_file(file_id))
+
+    async def models(self) -> list[Model]:
+        return [Model.of(m) for m in await self.list_models()]
 
     async def health(self) -> dict:
         return await self._json("GET", "health", retry=False)

@@ -82,6 +82,8 @@ _READ_BLOCK_BYTES = 4 * 1024 * 1024
 _BASE64_SLICE_CHARS = 1024 * 1024  # base64 payloads are checked in slices of this many characters (multiple of 4)
 _CHARS_PER_TOKEN = 4
 _RECENT_TOOLS_KEPT = 4
+_LISTED_LINES = 10  # line numbers a warning lists
+JSON_DOCUMENT_MAX_BYTES = 256 * 1024 * 1024  # a file whose first line is not JSON is re-read as one document up to this
 
 _OVERLONG_LINE = None  # marker yielded by the line reader in place of a line over MAX_LINE_BYTES
 
@@ -232,6 +234,8 @@ class _Tally:
         "images_outside_user_first",
         "untrainable_examples",
         "untrainable_first",
+        "empty_targets",
+        "empty_target_lines",
         "line",
         "recent_tools",
     )
@@ -253,6 +257,8 @@ class _Tally:
         self.images_outside_user_first: tuple[int, str] | None = None  # (line, role)
         self.untrainable_examples = 0
         self.untrainable_first: tuple[int, str] | None = None  # (line, "")
+        self.empty_targets = 0  # trained assistant turns with empty/whitespace-only content and no tool calls
+        self.empty_target_lines: list[int] = []  # the first _LISTED_LINES lines holding one
         self.line = 0  # line number of the record being checked, for the "first" fields
         self.recent_tools: list[tuple[object, set[str]]] = []  # valid ``tools`` lists seen last, with names
 
@@ -282,8 +288,11 @@ class _Tally:
             "undefined_tool_calls",
             "images_outside_user",
             "untrainable_examples",
+            "empty_targets",
         ):
             setattr(self, name, getattr(self, name) + getattr(later, name))
+        room = _LISTED_LINES - len(self.empty_target_lines)
+        self.empty_target_lines += [line + line_offset for line in later.empty_target_lines[:max(0, room)]]
         for name in ("undefined_tool_first", "images_outside_user_first", "untrainable_first"):
             first = getattr(later, name)
             if getattr(self, name) is None and first is not None:
@@ -344,7 +353,11 @@ def _image_url_problem(url: object) -> str | None:
         if not _base64_is_valid(payload):
             return "has a data URL whose base64 payload is invalid (bad characters, padding or length)"
         return None
-    return f"has URL {_clip(url)!r}; use an http(s) URL or a data:image/<format>;base64,... URL"
+    local = os.path.expanduser(url[7:] if url.startswith("file://") else url)
+    if os.path.isabs(local):  # a local image file: the embedded backend reads it (backend/vision.py)
+        return None if os.path.isfile(local) else f"points at local file {_clip(local)!r}, which does not exist"
+    return (f"has URL {_clip(url)!r}; use an http(s) URL, a data:image/<format>;base64,... URL or an absolute "
+            "local file path")
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -422,6 +435,31 @@ def _check_content_parts(
                 )
             )
     return chars, images
+
+
+def _is_empty_target(content: object, tool_calls: object) -> bool:
+    """An assistant target with nothing to learn: no tool calls and no text (empty or whitespace-only)
+    and no image in its content."""
+    if tool_calls:
+        return False
+    if content is None:
+        return True
+    if content.__class__ is str:
+        return not content or content.isspace()
+    parts = content if isinstance(content, list) else [content]
+    for part in parts:
+        if isinstance(part, str):
+            if part.strip():
+                return False
+        elif isinstance(part, dict):
+            if part.get("type") in _IMAGE_PART_TYPES or part.get("type") == "input_image":
+                return False
+            text = part.get("text")
+            if not isinstance(text, str) or text.strip():
+                return False
+        else:
+            return False
+    return True
 
 
 def _argument_problem(arguments: object) -> str | None:
@@ -656,6 +694,8 @@ def _is_plain_valid_record(record: object, min_messages: int, require_assistant:
             content = message["content"]
             if content.__class__ is not str or message["role"] not in plain_roles:  # TypeError: unhashable
                 return False
+            if (not content or content.isspace()) and message["role"] == "assistant":
+                return False  # an empty target: the full check counts it
             chars += len(content)
     except (KeyError, TypeError):
         return False
@@ -692,6 +732,8 @@ def _check_record_or_raise(
     chars = 0
     assistants = 0
     untrained_assistants = 0
+    trained_assistants = 0
+    empty_targets = 0
     images = 0
     images_outside_user = 0
     outside_user_role = ""
@@ -735,6 +777,7 @@ def _check_record_or_raise(
             )
         if role == "assistant":
             assistants += 1
+        trained = True
         # A message holding exactly "role" and "content" (the common case) needs no more look-ups.
         if len(message) > _MESSAGE_CORE_KEYS or role == "tool" or "content" not in message:
             extra_chars, extra_calls, trained = _check_message_extras(
@@ -744,6 +787,10 @@ def _check_record_or_raise(
             tool_calls += extra_calls
             if not trained:
                 untrained_assistants += 1
+        if role == "assistant" and trained:
+            trained_assistants += 1
+            if _is_empty_target(content, message.get("tool_calls")):
+                empty_targets += 1
 
     tools = record.get("tools")
     tool_names: set[str] | None = None
@@ -773,6 +820,18 @@ def _check_record_or_raise(
         tally.untrainable_examples += 1
         if tally.untrainable_first is None:
             tally.untrainable_first = (tally.line, "")
+    if empty_targets:
+        tally.empty_targets += empty_targets
+        if len(tally.empty_target_lines) < _LISTED_LINES:
+            tally.empty_target_lines.append(tally.line)
+        if empty_targets == trained_assistants:
+            problems.append(
+                (
+                    "empty_assistant_target",
+                    "every trained assistant message is empty or whitespace-only, so the example teaches the "
+                    "model to reply with nothing; write the replies, or remove the example",
+                )
+            )
     if tool_names and called_names:
         for name in called_names:
             if name not in tool_names:
@@ -1114,6 +1173,10 @@ def validate_jsonl(
             scan = _scan_lines(handle, None, options, examples)
     if scan.records == 0:
         scan.errors.add(0, "no_examples", "File contains no SFT examples")
+    if examples is None and (scan.errors.counts.get("invalid_json") or scan.errors.counts.get("record_not_object")):
+        document = _json_document_error(resolved, file_bytes, max_errors)
+        if document is not None:
+            scan.errors, scan.records = document
     error_log = scan.errors
     return ValidationReport(
         ok=error_log.total == 0,
@@ -1126,6 +1189,52 @@ def validate_jsonl(
         stats=_build_stats(scan.tally, scan.blank_lines, file_bytes),
         truncated=error_log.total > len(error_log.issues),
     )
+
+
+def _json_document_error(path: Path, file_bytes: int, max_errors: int) -> tuple[_ErrorLog, int] | None:
+    """One clear error (and the number of records inside) when the file is JSON but not JSONL.
+
+    A pretty-printed JSON array, or JSON objects spanning several lines, fail line by line as one
+    ``invalid_json`` per physical line; read as a whole the file decodes. Only tried when line-by-line
+    parsing failed and the file is at most JSON_DOCUMENT_MAX_BYTES; None when it is not such a file.
+    """
+    if file_bytes > JSON_DOCUMENT_MAX_BYTES:
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    position = len(text) - len(text.lstrip())
+    try:
+        while position < len(text):
+            value, position = decoder.raw_decode(text, position)
+            values.append(value)
+            position = len(text) - len(text[position:].lstrip())
+    except (ValueError, RecursionError):
+        return None
+    single_array = len(values) == 1 and isinstance(values[0], list)
+    if not single_array and len(values) >= sum(1 for line in text.splitlines() if line.strip()):
+        return None  # one value per line: JSONL whose records are wrong, reported line by line
+    log = _ErrorLog(max_errors)
+    if single_array:
+        records = len(values[0])
+        log.add(
+            0,
+            "json_array",
+            f"the file is one JSON array of {records} item(s), not JSONL (one JSON object per line); convert it, "
+            "e.g. `jq -c '.[]' in.json > out.jsonl`, then validate the new file",
+        )
+    else:
+        records = len(values)
+        log.add(
+            0,
+            "multiline_json",
+            f"the file holds {records} JSON value(s) written across several lines, not JSONL (one JSON object per "
+            "line); convert it, e.g. `jq -c . in.json > out.jsonl`, then validate the new file",
+        )
+    return log, records
 
 
 class _CheckOptions(NamedTuple):
@@ -1329,6 +1438,17 @@ def _tally_warnings(tally: _Tally) -> list[tuple[str, str]]:
                 "image_outside_user",
                 f"{tally.images_outside_user} image(s) in system/developer/tool messages (first: line {line}, "
                 f"a {role} message); images are normally only given in user messages",
+            )
+        )
+    if tally.empty_targets:
+        lines = ", ".join(map(str, tally.empty_target_lines))
+        more = ", …" if tally.empty_targets > len(tally.empty_target_lines) else ""
+        warnings.append(
+            (
+                "empty_assistant_target",
+                f"{tally.empty_targets} trained assistant message(s) are empty or whitespace-only (lines {lines}"
+                f"{more}); training on them teaches the model to reply with nothing: write the replies or give "
+                "those messages weight 0",
             )
         )
     if tally.untrainable_examples and tally.untrainable_first is not None:

@@ -48,15 +48,45 @@ class LearningMCPError(Exception):
 ToolFailure = LearningMCPError
 
 
+class MessageError(LearningMCPError):
+    """A :class:`LearningMCPError` whose ``str()`` is its bare ``message``: the domain errors of the tool logic
+    (config, filter, verifier, task file, endpoint, model registry), whose text callers embed in their own
+    sentences and which keep Synth's exact wording. The MCP edge still shows ``[code] message``
+    (:func:`tool_text`)."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def tool_text(exc: LearningMCPError) -> str:
     """The text an agent reads for a failed tool call: ``[code] message``."""
     return f"[{exc.code}] {exc.message}"
 
 
+class LearningAPIError(MessageError):
+    """An HTTP error (or an unreachable API) from the learning API, with what an agent needs to act on it:
+    ``status`` (None when unreachable), ``method``, ``path``, the server's ``detail`` (already redacted),
+    its ``code``/``param`` and ``retry_after`` (seconds). ``str()`` is ``"METHOD /path -> HTTP status: detail"``;
+    :func:`api_failure` turns it into what the agent reads."""
+
+    def __init__(self, status: int | None, method: str, path: str, detail: str, *, code: str | None = None,
+                 param: str | None = None, retry_after: float | None = None):
+        where = f"{method} {path}"
+        super().__init__(code or ("unreachable" if status is None else f"http_{status}"),
+                         f"{where} failed: {detail}" if status is None else f"{where} -> HTTP {status}: {detail}",
+                         param=param)
+        self.status, self.method, self.path, self.detail = status, method, path, detail  # type: ignore[assignment]
+        self.retry_after = retry_after
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status is None
+
+
+
+
 def api_failure(exc: Exception, *, action: str, hint: str = "") -> ToolFailure:
     """Wrap a ``LearningAPIError`` from the client into a ToolFailure that says what to try next."""
-    from learning_mcp.tools.client import LearningAPIError
-
     if not isinstance(exc, LearningAPIError):
         return ToolFailure("internal_error", f"{action} failed: {type(exc).__name__}: {exc}")
     if exc.unreachable:

@@ -9,6 +9,10 @@ each one, in order:
    ``models``, ``min_created_at`` / ``max_created_at`` (ISO string or epoch seconds).
 2. ``rewarded`` – ``reward >= reward_threshold`` (default 1.0: binary "correct") and the official-score bounds.
    The official score is ``metadata.official_score`` when the row has one (task-app rollouts), else the reward.
+   ``not_truncated`` – rewarded samples that were not cut off at ``max_tokens`` (``finish_reason == "length"``): a
+   truncated sample can score 1.0 (``#### 42 #### 42 …`` repeated to the limit) and would teach the model to ramble,
+   so it is dropped unless ``keep_truncated = true`` (then this count equals ``rewarded``).
+   :attr:`FilterReport.truncated_dropped` (``truncated_dropped`` in ``to_dict()``) says how many were dropped.
 3. ``deduped``  – (when ``dedupe``) one row per (problem id, completion with whitespace runs collapsed).
 4. ``capped``   – (when ``max_per_problem``) the first K rows of each problem. Rows are ordered deterministically
    by (iteration, phase, problem id, sample index, row id) – or by a seeded shuffle when ``shuffle`` is set, so the
@@ -47,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_jsonl_atomic
+from .config_source import config_path
+from .errors import MessageError
 from .traces import TraceSample, TraceStore
 
 __all__ = [
@@ -59,17 +65,15 @@ __all__ = [
 ]
 
 NO_MATCH_MESSAGE = "No sessions matched the provided filters."
-STAGES = ("matched", "rewarded", "deduped", "capped", "limited", "written")
+STAGES = ("matched", "rewarded", "not_truncated", "deduped", "capped", "limited", "written")
 _UNSUPPORTED_KEYS = ("min_judge_scores", "max_judge_scores")
 
 
-class FilterConfigError(Exception):
+class FilterConfigError(MessageError):
     """A filter config or spec that cannot be used. ``code`` is snake_case."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
@@ -169,6 +173,7 @@ class FilterSpec:
     max_per_problem: int | None = None
     dedupe: bool = True
     system_prompt: str | None = None
+    keep_truncated: bool = False
 
     def __post_init__(self) -> None:
         # Synth's validations, in Synth's order and words.
@@ -217,6 +222,8 @@ class FilterSpec:
             raise _invalid("max_per_problem must be >= 1")
         if not isinstance(self.dedupe, bool):
             raise _invalid("dedupe must be true or false")
+        if not isinstance(self.keep_truncated, bool):
+            raise _invalid("keep_truncated must be true or false")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise _invalid("system_prompt must be a string")
 
@@ -262,15 +269,18 @@ def _spec_from_table(table: Mapping[str, Any], base_dir: Path | None) -> FilterS
 
 
 def load_filter_config(config: str | dict | os.PathLike[str]) -> FilterSpec:
-    """A :class:`FilterSpec` from a TOML file path, TOML text, or a dict (``{"filter": {...}}`` or the table itself)."""
+    """A :class:`FilterSpec` from a TOML file path, TOML text, or a dict (``{"filter": {...}}`` or the table itself).
+
+    Path or text is decided by :func:`~learning_mcp.tools.config_source.config_path`, the rule the SFT and loop
+    configs share; relative paths inside the file resolve against its folder."""
     if isinstance(config, FilterSpec):
         return config
     if isinstance(config, Mapping):
         table = config.get("filter") if isinstance(config.get("filter"), Mapping) else config
         return _spec_from_table(table, None)
     base_dir: Path | None = None
-    if isinstance(config, os.PathLike) or (isinstance(config, str) and "\n" not in config and "[" not in config):
-        path = Path(config).expanduser()
+    path = config_path(config) if isinstance(config, (str, os.PathLike)) else None  # the one rule (config_source)
+    if path is not None:
         if not path.is_file():
             raise FilterConfigError("config_not_found", f"Filter config not found: {path}")
         text = path.read_text(encoding="utf-8")
@@ -313,6 +323,10 @@ def _rewarded(rows: Iterable[TraceSample], spec: FilterSpec) -> list[TraceSample
             continue
         kept.append(row)
     return kept
+
+
+def _complete(rows: Iterable[TraceSample], keep_truncated: bool) -> list[TraceSample]:
+    return list(rows) if keep_truncated else [row for row in rows if not row.truncated]
 
 
 def _dedupe(rows: Iterable[TraceSample]) -> list[TraceSample]:
@@ -386,12 +400,18 @@ class FilterReport:
     message: str = ""
     per_problem: dict[str, int] = field(default_factory=dict, repr=False)
 
+    @property
+    def truncated_dropped(self) -> int:
+        """Rewarded samples dropped because generation was cut off at ``max_tokens``."""
+        return self.counts.get("rewarded", 0) - self.counts.get("not_truncated", self.counts.get("rewarded", 0))
+
     def to_dict(self) -> dict:
         return {
             "output": self.output,
             "counts": dict(self.counts),
             "problems": self.problems,
             "per_problem_max": self.per_problem_max,
+            "truncated_dropped": self.truncated_dropped,
             "message": self.message,
         }
 
@@ -403,6 +423,11 @@ def _no_match_message(counts: Mapping[str, int], spec: FilterSpec) -> str:
         hint = (
             f"{counts['matched']} sample(s) matched the selectors but none has reward >= {spec.reward_threshold:g}"
             " within the official-score bounds."
+        )
+    elif counts.get("not_truncated", 1) == 0:
+        hint = (
+            f"all {counts['rewarded']} rewarded sample(s) were cut off at max_tokens (finish_reason 'length') and "
+            "are not trained on; raise max_tokens, or set keep_truncated = true in [filter] to keep them."
         )
     else:
         hint = "offset skips every remaining sample."
@@ -431,7 +456,8 @@ def filter_traces(spec: FilterSpec, store: TraceStore | None = None) -> FilterRe
         max_created_at=spec.max_created_at,
     )
     rewarded = _rewarded(matched, spec)
-    deduped = _dedupe(_order(rewarded, spec)) if spec.dedupe else _order(rewarded, spec)
+    complete = _complete(rewarded, spec.keep_truncated)
+    deduped = _dedupe(_order(complete, spec)) if spec.dedupe else _order(complete, spec)
     capped = _cap(deduped, spec.max_per_problem)
     start = spec.offset or 0
     limited = capped[start : start + spec.limit] if spec.limit is not None else capped[start:]
@@ -440,6 +466,7 @@ def filter_traces(spec: FilterSpec, store: TraceStore | None = None) -> FilterRe
     counts = {
         "matched": len(matched),
         "rewarded": len(rewarded),
+        "not_truncated": len(complete),
         "deduped": len(deduped),
         "capped": len(capped),
         "limited": len(limited),

@@ -7,19 +7,23 @@ Small pure helpers (status summaries, progress extraction, failure kinds) sit ne
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
 
 from learning_mcp.tools.client import (FILE_READY, TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of,
                                        normalize_status)
+from learning_mcp.tools.dataset import DatasetFileError, validate_jsonl, write_head
 from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.records import Event, Job
+from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
 
 MAX_EVENTS_PER_CALL = 30
 MAX_EVENT_MESSAGE_CHARS = 300
@@ -32,8 +36,6 @@ ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 def validate_dataset_file(path: str | os.PathLike, *, min_messages: int = 2, max_errors: int = 20,
                           examples: int | None = None, max_images_per_message: int | None = None):
     """Run the validator; file-level problems become a ToolFailure."""
-    from learning_mcp.tools.dataset import DatasetFileError, validate_jsonl
-
     try:
         return validate_jsonl(path, min_messages=min_messages, max_errors=max_errors, examples=examples,
                               max_images_per_message=max_images_per_message)
@@ -67,8 +69,6 @@ class UploadOutcome:
 
 
 def _sha256_of(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(4 * 1024 * 1024):
@@ -81,8 +81,6 @@ async def upload_dataset(client: LearningClient, path: str | os.PathLike, *, pur
                          max_images_per_message: int | None = None, progress: ProgressFn | None = None,
                          wait_ready_s: float = 10.0) -> UploadOutcome:
     """Validate (unless told not to), optionally cut to the first N records, stream-upload, wait for ready."""
-    from learning_mcp.tools.dataset import DatasetFileError, write_head
-
     source = Path(path).expanduser()
     if not source.is_absolute():
         source = Path.cwd() / source
@@ -165,14 +163,15 @@ class CreateOutcome:
     uploads: list[UploadOutcome]
 
 
-async def create_job_from_config(client: LearningClient, config: str, *, dataset: str | None = None,
+async def create_job_from_config(client: LearningClient, config: str | dict, *, dataset: str | None = None,
                                  training_file_id: str | None = None, validation_file_id: str | None = None,
                                  validation_dataset: str | None = None, model: str | None = None, start: bool = True,
                                  dry_run: bool = False, examples: int | None = None,
-                                 idempotency_key: str | None = None, progress: ProgressFn | None = None) -> CreateOutcome:
-    """Build the payload from the TOML exactly as Synth's CLI does, upload what is needed, create and start."""
-    from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
-
+                                 idempotency_key: str | None = None, progress: ProgressFn | None = None,
+                                 environ: Mapping[str, str] | None = None) -> CreateOutcome:
+    """Build the payload from the TOML exactly as Synth's CLI does, upload what is needed, create and start.
+    ``config``: a path or TOML text (one rule: :mod:`~learning_mcp.tools.config_source`) or the parsed table.
+    ``environ``: the server's ``Settings.environ`` (``SDK_EXPERIMENTAL*``); None: the process environment."""
     if dataset and training_file_id:
         raise ToolFailure("conflicting_arguments", "pass either dataset (a local JSONL path) or training_file_id "
                                                    "(from upload_file), not both")
@@ -180,7 +179,7 @@ async def create_job_from_config(client: LearningClient, config: str, *, dataset
     try:
         plan = await anyio.to_thread.run_sync(lambda: build_sft_plan(
             config, dataset=dataset, training_file_id=training_file_id, validation_file_id=validation_file_id,
-            model=model, target=target, require_dataset_path=training_file_id is None))
+            model=model, target=target, require_dataset_path=training_file_id is None, environ=environ))
     except ConfigError as exc:
         param = f" (field: {exc.param})" if getattr(exc, "param", None) else ""
         raise ToolFailure(f"config_{exc.code}" if not exc.code.startswith("config") else exc.code,
@@ -189,6 +188,10 @@ async def create_job_from_config(client: LearningClient, config: str, *, dataset
     uploads: list[UploadOutcome] = []
     max_images = getattr(plan, "max_images_per_message", None)
     val_path = Path(validation_dataset) if validation_dataset else plan.validation_path
+    # images on a text-only model, LoRA target_modules that match nothing: refused before any upload
+    from learning_mcp.tools.model_checks import preflight
+
+    await anyio.to_thread.run_sync(lambda: preflight(plan, dataset=plan.dataset_path, validation_dataset=val_path))
     if dry_run:
         for what, path in (("training", plan.dataset_path), ("validation", val_path)):
             if path is not None:
@@ -214,6 +217,8 @@ async def create_job_from_config(client: LearningClient, config: str, *, dataset
             vup = await upload_dataset(client, val_path, max_images_per_message=max_images)
             uploads.append(vup)
             validation_file_id = vup.file_id
+        except LearningAPIError:
+            raise
         except ToolFailure as exc:  # Synth: a failed validation upload is only a warning
             warnings.append(f"validation file not used: {exc.message}")
     payload = plan.with_files(training_file_id, validation_file_id)
@@ -274,33 +279,29 @@ def failure_kind(status: str, error: dict | str | None) -> str | None:
     return "training"
 
 
-def progress_from_events(events: list[dict]) -> dict | None:
+def progress_from_events(events: list[Event]) -> dict | None:
     for event in reversed(events):
-        if event.get("type") == "sft.progress" and isinstance(event.get("data"), dict):
-            data = event["data"]
-            return {k: data.get(k) for k in ("step", "total_steps", "epoch", "loss")}
+        if event.type == "sft.progress" and event.data:
+            return {k: event.data.get(k) for k in ("step", "total_steps", "epoch", "loss")}
     return None
 
 
-def fine_tuned_model_of(record: dict, events: list[dict]) -> str | None:
-    if record.get("fine_tuned_model"):
-        return record["fine_tuned_model"]
+def fine_tuned_model_of(job: Job, events: list[Event]) -> str | None:
+    if job.fine_tuned_model:
+        return job.fine_tuned_model
     for event in reversed(events):
-        data = event.get("data")
-        if isinstance(data, dict) and data.get("fine_tuned_model"):
-            return data["fine_tuned_model"]
+        if event.data.get("fine_tuned_model"):
+            return event.data["fine_tuned_model"]
     return None
 
 
-def compact_event(event: dict) -> dict:
-    message = str(event.get("message") or "")
+def compact_event(event: Event) -> dict:
+    message = event.message
     if len(message) > MAX_EVENT_MESSAGE_CHARS:
         message = message[:MAX_EVENT_MESSAGE_CHARS] + "…"
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    data = {k: v for k, v in data.items() if k != "traceback" and not isinstance(v, (dict, list)) or k == "error"}
-    return {"seq": int(event.get("seq") or 0), "type": event.get("type") or event.get("event_type"),
-            "level": event.get("level") or "info", "message": message, "data": data,
-            "created_at": time_text(event.get("created_at"))}
+    data = {k: v for k, v in event.data.items() if k != "traceback" and not isinstance(v, (dict, list)) or k == "error"}
+    return {"seq": event.seq, "type": event.type, "level": event.level, "message": message, "data": data,
+            "created_at": time_text(event.created_at)}
 
 
 def next_poll_seconds(status: str, started: float | None = None) -> float | None:
@@ -311,8 +312,8 @@ def next_poll_seconds(status: str, started: float | None = None) -> float | None
 
 @dataclass
 class JobSnapshot:
-    record: dict
-    events: list[dict]
+    record: Job
+    events: list[Event]
     next_since_seq: int
     progress: dict | None
     latest_metrics: dict
@@ -320,11 +321,11 @@ class JobSnapshot:
 
 
 async def _fetch_snapshot(client: LearningClient, job_id: str, since_seq: int) -> JobSnapshot:
-    record = await client.get_job(job_id)
-    events = await client.get_events(job_id, since_seq=since_seq, limit=200)
+    record = await client.job(job_id)
+    events = await client.events(job_id, since_seq=since_seq, limit=200)
     more = len(events) > MAX_EVENTS_PER_CALL
     shown = events[:MAX_EVENTS_PER_CALL]
-    next_seq = max([since_seq] + [int(e.get("seq") or 0) for e in shown])
+    next_seq = max([since_seq] + [e.seq for e in shown])
     progress = progress_from_events(events)
     if progress is None:
         try:
@@ -332,7 +333,7 @@ async def _fetch_snapshot(client: LearningClient, job_id: str, since_seq: int) -
             progress = compact.get("progress") or None
         except LearningAPIError:
             progress = None
-    latest = record.get("latest_metrics")
+    latest = record.latest_metrics
     if not isinstance(latest, dict):
         latest = {}
         try:
@@ -343,15 +344,21 @@ async def _fetch_snapshot(client: LearningClient, job_id: str, since_seq: int) -
     return JobSnapshot(record, shown, next_seq, progress, latest, more)
 
 
+def wait_poll_seconds(client: LearningClient) -> float:
+    """How often :func:`job_status` re-reads a job while it waits: 0.25 s against the embedded backend on
+    loopback (so a job's end reaches the caller within ~0.5 s; tests/bench/bench_wait.py), 1 s elsewhere."""
+    return 0.25 if client.target.kind == "local" else 1.0
+
+
 async def job_status(client: LearningClient, job_id: str, *, since_seq: int = 0, wait_seconds: float = 0) -> JobSnapshot:
     """One status read; with ``wait_seconds`` it returns as soon as the status changes or new events arrive."""
     try:
         snap = await _fetch_snapshot(client, job_id, since_seq)
         deadline = time.monotonic() + max(0.0, min(wait_seconds, 50.0))
-        first_status = snap.record.get("status")
-        while (not snap.events and snap.record.get("status") == first_status
+        first_status = snap.record.status
+        while (not snap.events and snap.record.status == first_status
                and first_status not in TERMINAL_STATUSES and time.monotonic() < deadline):
-            await anyio.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+            await anyio.sleep(min(wait_poll_seconds(client), max(0.05, deadline - time.monotonic())))
             snap = await _fetch_snapshot(client, job_id, since_seq)
         return snap
     except LearningAPIError as exc:
@@ -362,19 +369,19 @@ async def job_status(client: LearningClient, job_id: str, *, since_seq: int = 0,
 
 
 async def wait_for_job(client: LearningClient, job_id: str, *, timeout_s: float, poll_s: float = 2.0,
-                       should_stop: Callable[[], bool] | None = None) -> dict:
+                       should_stop: Callable[[], bool] | None = None) -> Job:
     """Poll until terminal (for the loop; tools use the bounded :func:`job_status`)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        record = await client.get_job(job_id)
-        if record.get("status") in TERMINAL_STATUSES:
-            if not record.get("fine_tuned_model") and record.get("status") == "succeeded":
-                events = await client.get_events(job_id, since_seq=0, limit=1000)
-                record["fine_tuned_model"] = fine_tuned_model_of(record, events)
+        record = await client.job(job_id)
+        if record.status in TERMINAL_STATUSES:
+            if not record.fine_tuned_model and record.status == "succeeded":
+                events = await client.events(job_id, since_seq=0, limit=1000)
+                record.fine_tuned_model = fine_tuned_model_of(record, events)
             return record
         if time.monotonic() > deadline:
             raise ToolFailure("job_timeout", f"job {job_id} did not finish within {timeout_s:.0f}s "
-                                             f"(status {record.get('status')})")
+                                             f"(status {record.status})")
         if should_stop is not None and should_stop():
             return record
         await anyio.sleep(poll_s)

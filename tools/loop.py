@@ -20,19 +20,28 @@ deleted first). Everything the loop does goes through the same functions as the 
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import time
-import tomllib
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal, Mapping
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learning_mcp.tools import jobs as job_ops
+from learning_mcp.tools.atomic import write_text_atomic
 from learning_mcp.tools.client import LearningAPIError, LearningClient
+from learning_mcp.tools.config_source import parse_toml, read_config_source
 from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
+                                         evaluate_task_app)
+from learning_mcp.tools.filtering import FilterSpec, filter_traces
+from learning_mcp.tools.rewards import VerifierError, make_verifier
+from learning_mcp.tools.settings import endpoint_key
+from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
+from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
+from learning_mcp.tools.traces import TraceStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +82,8 @@ class LoopConfig(BaseModel):
     max_per_problem: int | None = Field(4, ge=1)
     dedupe: bool = True
     # M-step
-    sft_config: str | None = Field(None, description="SFT TOML (path or text); default: a full fine-tune template")
+    sft_config: str | dict[str, Any] | None = Field(None, description="SFT sections (a table), or an SFT TOML "
+                                                                     "(path or text); default: a full fine-tune")
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides merged into the payload")
     job_timeout_s: float = Field(7200, gt=0)
     # stopping
@@ -149,38 +159,21 @@ class LoopState(BaseModel):
         return self.iterations[-1] if self.iterations else None
 
 
-def default_sft_toml(model: str) -> str:
-    return f"""
-[algorithm]
-type = "offline"
-method = "sft"
-variety = "fft"
-
-[job]
-model = "{model}"
-
-[compute]
-gpu_type = "H100"
-gpu_count = 1
-
-[hyperparameters]
-n_epochs = 3
-learning_rate = 1e-5
-per_device_batch = 8
-"""
+def default_sft_config(model: str) -> dict[str, Any]:
+    """The SFT sections a loop trains with when it has none of its own: a full fine-tune of ``model``."""
+    return {"algorithm": {"type": "offline", "method": "sft", "variety": "fft"},
+            "job": {"model": model},
+            "compute": {"gpu_type": "H100", "gpu_count": 1},
+            "hyperparameters": {"n_epochs": 3, "learning_rate": 1e-5, "per_device_batch": 8}}
 
 
 def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
-    """Split a loop TOML into (loop arguments, the SFT TOML text without the loop sections)."""
-    path = Path(text_or_path).expanduser()
-    is_path = "\n" not in text_or_path and path.suffix == ".toml"
-    if is_path and not path.exists():
-        raise ToolFailure("config_not_found", f"loop config not found: {path}")
-    text = path.read_text() if is_path else text_or_path
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ToolFailure("invalid_toml", f"loop config is not valid TOML: {exc}") from None
+    """Split a loop TOML into (loop arguments, its text). Path or text is decided by the rule every config loader
+    shares (:func:`~learning_mcp.tools.config_source.config_path`). The SFT sections (everything but ``[loop]``,
+    ``[eval]``, ``[filter]``) stay data: ``args["sft_config"]`` is their dict, never TOML written again.
+    Raises ``ConfigSourceError`` ``config_not_found`` / ``invalid_toml``."""
+    source = read_config_source(text_or_path, what="loop config")
+    doc = parse_toml(source, what="loop config")
     args: dict[str, Any] = dict(doc.get("loop") or {})
     args.update({k: v for k, v in (doc.get("eval") or {}).items()})
     args.update({k: v for k, v in (doc.get("filter") or {}).items()})
@@ -188,51 +181,31 @@ def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
     if "base_model" not in args and isinstance(sft.get("job"), dict) and sft["job"].get("model"):
         args["base_model"] = sft["job"]["model"]
     if sft.get("algorithm") or sft.get("hyperparameters"):
-        args.setdefault("sft_config", _dump_toml(sft))
-    if is_path:  # relative task paths resolve against the config's folder
+        args.setdefault("sft_config", sft)
+    if source.base_dir is not None:  # relative task paths resolve against the config's folder
         tasks = args.get("tasks")
         if isinstance(tasks, str) and not Path(tasks).is_absolute():
-            args["tasks"] = str((path.parent / tasks).resolve())
-    return args, text
+            args["tasks"] = str((source.base_dir / tasks).resolve())
+    return args, source.text
 
 
-def _dump_toml(doc: dict) -> str:
-    """Minimal TOML writer for the SFT sections (tables of scalars, lists and nested tables)."""
-    lines: list[str] = []
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(k)} = {scalar(x)}" for k, x in v.items()) + "}"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    def table(name: str, body: dict) -> None:
-        simple = {k: v for k, v in body.items() if not isinstance(v, dict) or not v or name == ""}
-        nested = {k: v for k, v in body.items() if isinstance(v, dict) and v and name != ""}
-        if name:
-            lines.append(f"[{name}]")
-        for k, v in simple.items():
-            if name == "" and isinstance(v, dict):
-                continue
-            lines.append(f"{k} = {scalar(v)}")
-        lines.append("")
-        for k, v in nested.items():
-            table(f"{name}.{k}", v)
-
-    top = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-    if top:
-        table("", top)
-    for k, v in doc.items():
-        if isinstance(v, dict):
-            table(k, v)
-    return "\n".join(lines)
+def loop_config_from(config: str | None, explicit: dict[str, Any]) -> LoopConfig:
+    """What ``run_sft_loop`` runs: the loop config (path or TOML text, :func:`parse_loop_toml`) overridden by the
+    call's explicit arguments (``None`` = not given); a relative ``tasks`` resolves against the working
+    directory. Raises ``ToolFailure`` ``invalid_loop_config`` naming each bad field."""
+    args: dict[str, Any] = {}
+    if config:
+        args, _ = parse_loop_toml(config)
+    args.update({k: v for k, v in explicit.items() if v is not None})
+    if isinstance(args.get("tasks"), str) and not Path(args["tasks"]).expanduser().is_absolute():
+        args["tasks"] = str(Path(args["tasks"]).expanduser().resolve())
+    try:
+        return LoopConfig(**args)
+    except ValidationError as exc:
+        problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"]
+                             for e in exc.errors())
+        raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
+                                                 "tasks (or a config TOML with [loop]).") from None
 
 
 LOOP_EXAMPLE_TOML = """\
@@ -299,18 +272,20 @@ class LoopRunner:
     """Drives one loop to its end. ``state_dir`` holds ``state.json``, ``traces.sqlite`` and the kept files."""
 
     def __init__(self, state: LoopState, state_dir: Path, client: LearningClient, *,
-                 on_change: Callable[[LoopState], Awaitable[None] | None] | None = None):
+                 on_change: Callable[[LoopState], Awaitable[None] | None] | None = None,
+                 environ: Mapping[str, str] | None = None):
+        """``environ``: the server's ``Settings.environ`` (endpoint keys, ``SDK_EXPERIMENTAL*``); None: the
+        process environment."""
         self.state = state
         self.dir = state_dir
         self.client = client
+        self.environ = environ
         self.on_change = on_change
         self.cfg = state.config
 
     # -- persistence -----------------------------------------------------------------------------------
     def save(self) -> None:
         self.state.updated_at = time.time()
-        from learning_mcp.tools.atomic import write_text_atomic
-
         write_text_atomic(self.dir / "state.json", self.state.model_dump_json(indent=1))
 
     def check_cancel(self) -> None:
@@ -334,10 +309,6 @@ class LoopRunner:
 
     # -- the loop --------------------------------------------------------------------------------------
     async def run(self) -> LoopState:
-        from learning_mcp.tools.evaluate import ChatEndpointError, TaskAppError
-        from learning_mcp.tools.rewards import VerifierError
-        from learning_mcp.tools.tasks import TaskFileError
-
         try:
             await self._run()
         except anyio.get_cancelled_exc_class():
@@ -359,11 +330,11 @@ class LoopRunner:
             await self._fail("invalid_tasks", f"the task file is invalid: {exc}")
         except TaskAppError as exc:
             await self._fail("task_app_error", f"the task app failed: {exc}")
-        except ToolFailure as exc:
-            await self._fail(exc.code, exc.message)
-        except LearningAPIError as exc:
+        except LearningAPIError as exc:  # before LearningMCPError, its base type
             failure = api_failure(exc, action="the loop's API call")
             await self._fail(failure.code, failure.message)
+        except ToolFailure as exc:
+            await self._fail(exc.code, exc.message)
         except Exception as exc:  # a bug: record it on the loop rather than leave it 'running' forever
             log.exception("loop %s crashed", self.state.loop_id)
             await self._fail("internal_error", f"{type(exc).__name__}: {exc}")
@@ -389,10 +360,6 @@ class LoopRunner:
         self.save()
 
     async def _run(self) -> None:
-        from learning_mcp.tools.rewards import make_verifier
-        from learning_mcp.tools.tasks import load_tasks, split_tasks
-        from learning_mcp.tools.traces import TraceStore
-
         cfg = self.cfg
         if cfg.task_app_url:  # the environment is a task app: problems are seeds, the app scores rollouts
             train, val, verifier = list(cfg.train_seeds), list(cfg.val_seeds), None
@@ -456,8 +423,6 @@ class LoopRunner:
         return False
 
     async def _eval(self, store, tasks, model: str, *, iteration: int, phase: str, greedy: bool, verifier):
-        from learning_mcp.tools.evaluate import SamplingSettings, evaluate
-
         cfg = self.cfg
         store.delete(self.state.loop_id, iteration=iteration, phase=phase)  # a resumed eval starts clean
         settings = SamplingSettings(n=1 if greedy else cfg.n, temperature=0.0 if greedy else cfg.temperature,
@@ -466,8 +431,6 @@ class LoopRunner:
         chat_url = cfg.chat_url or self.client.target.chat_url
         api_key = self._key(chat_url, cfg.chat_api_key_env)
         if cfg.task_app_url:
-            from learning_mcp.tools.evaluate import evaluate_task_app
-
             return await evaluate_task_app(
                 tasks, task_app_url=cfg.task_app_url,
                 env_api_key=self._key(cfg.task_app_url, cfg.task_app_api_key_env, default_env="ENVIRONMENT_API_KEY"),
@@ -477,16 +440,14 @@ class LoopRunner:
                 env_config=cfg.env_config,
                 policy_config={"temperature": settings.temperature, "max_tokens": settings.max_tokens,
                                **({} if greedy else {"top_p": settings.top_p}), **cfg.policy_config},
-                concurrency=cfg.eval_concurrency, reward_threshold=cfg.reward_threshold)
+                concurrency=cfg.eval_concurrency, reward_threshold=cfg.reward_threshold, environ=self.environ)
         return await evaluate(tasks, chat_url=chat_url, model=model, verifier=verifier, settings=settings,
                               store=store, run_id=self.state.loop_id, iteration=iteration, phase=phase,
                               api_key=api_key, concurrency=cfg.eval_concurrency, greedy=greedy)
 
     def _key(self, url: str, key_env: str | None, default_env: str | None = None) -> str | None:
-        from learning_mcp.tools.settings import endpoint_key
-
         try:
-            return endpoint_key(url, self.client.target, key_env, default_env=default_env)
+            return endpoint_key(url, self.client.target, key_env, default_env=default_env, environ=self.environ)
         except PermissionError as exc:
             raise ToolFailure("key_not_allowed", str(exc)) from None
 
@@ -502,8 +463,6 @@ class LoopRunner:
             await self._changed(f"iteration {record.iteration}: {summary.correct}/{summary.samples} samples correct, "
                                 f"{summary.solved_any}/{summary.problems} problems solved")
         elif record.step == "filter":
-            from learning_mcp.tools.filtering import FilterSpec, filter_traces
-
             out = self.dir / f"iter_{record.iteration:02d}_kept.jsonl"
             spec = FilterSpec(db=str(self.dir / "traces.sqlite"), output=str(out), run_id=self.state.loop_id,
                               iterations=[record.iteration], phases=["train_eval"],
@@ -529,19 +488,20 @@ class LoopRunner:
         elif record.step == "train":
             if record.job_id is None:
                 record.train_from = cfg.base_model if cfg.reset_to_base else record.sampler_model
-                sft_toml = apply_hyperparameter_overrides(sft_config_text(cfg.sft_config, record.train_from),
+                sft_doc = apply_hyperparameter_overrides(sft_config_doc(cfg.sft_config, record.train_from),
                                                           cfg.hyperparameters)
                 record.job_attempts += 1
                 out = await job_ops.create_job_from_config(
-                    self.client, sft_toml, training_file_id=record.file_id, model=record.train_from, start=True,
-                    idempotency_key=f"{self.state.loop_id}-iter{record.iteration}-try{record.job_attempts}")
+                    self.client, sft_doc, training_file_id=record.file_id, model=record.train_from, start=True,
+                    idempotency_key=f"{self.state.loop_id}-iter{record.iteration}-try{record.job_attempts}",
+                    environ=self.environ)
                 record.job_id = out.job_id
                 await self._changed(f"iteration {record.iteration}: training job {out.job_id} from {record.train_from}")
             job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s,
                                              should_stop=lambda: (self.dir / "cancel").exists())
             self.check_cancel()
-            record.job_status = job.get("status")
-            err_code = (job.get("error") or {}).get("code") if isinstance(job.get("error"), dict) else None
+            record.job_status = job.status
+            err_code = job.error.get("code") if isinstance(job.error, dict) else None
             if (record.job_status == "failed" and err_code in RETRYABLE_JOB_FAILURES
                     and record.job_attempts < MAX_JOB_ATTEMPTS):
                 # the job died with its worker or backend, not because of the data: train again
@@ -550,11 +510,11 @@ class LoopRunner:
                 record.job_id = None
                 return
             if record.job_status != "succeeded":
-                err = job.get("error") or {}
+                err = job.error or {}
                 raise ToolFailure("training_failed", f"iteration {record.iteration}: job {record.job_id} ended "
                                                      f"{record.job_status}: {err.get('message') or err}")
-            record.fine_tuned_model = job.get("fine_tuned_model")
-            loss = (job.get("latest_metrics") or {}).get("train.loss")
+            record.fine_tuned_model = job.fine_tuned_model
+            loss = (job.latest_metrics or {}).get("train.loss")
             if loss is None:
                 points = await self.client.get_metrics(record.job_id, name="train.loss", limit=5000)
                 loss = points[-1] if points else None
@@ -574,14 +534,9 @@ class LoopRunner:
         self.save()
 
 
-def preflight(cfg: LoopConfig, target) -> None:
+def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None) -> None:
     """Everything that can be checked before any sampling is spent: tasks, verifier, SFT config, endpoint keys.
     Raises ToolFailure with what to fix, so run_sft_loop refuses a loop that could only fail later."""
-    from learning_mcp.tools.rewards import VerifierError, make_verifier
-    from learning_mcp.tools.settings import endpoint_key
-    from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
-    from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
-
     if cfg.tasks:
         path = Path(cfg.tasks)
         if not path.is_file():
@@ -602,35 +557,33 @@ def preflight(cfg: LoopConfig, target) -> None:
         except VerifierError as exc:
             raise ToolFailure("verifier_error", str(exc)) from None
     try:
-        endpoint_key(cfg.chat_url or target.chat_url, target, cfg.chat_api_key_env)
+        endpoint_key(cfg.chat_url or target.chat_url, target, cfg.chat_api_key_env, environ=environ)
         if cfg.task_app_url:
-            endpoint_key(cfg.task_app_url, target, cfg.task_app_api_key_env, default_env="ENVIRONMENT_API_KEY")
+            endpoint_key(cfg.task_app_url, target, cfg.task_app_api_key_env, default_env="ENVIRONMENT_API_KEY",
+                         environ=environ)
     except PermissionError as exc:
         raise ToolFailure("key_not_allowed", str(exc)) from None
-    sft = apply_hyperparameter_overrides(sft_config_text(cfg.sft_config, cfg.base_model), cfg.hyperparameters)
+    sft = apply_hyperparameter_overrides(sft_config_doc(cfg.sft_config, cfg.base_model), cfg.hyperparameters)
     try:
         build_sft_plan(sft, training_file_id="file-preflight", model=cfg.base_model,
-                       target="synth" if target.is_synth else "local", require_dataset_path=False)
+                       target="synth" if target.is_synth else "local", require_dataset_path=False, environ=environ)
     except ConfigError as exc:
         raise ToolFailure(f"config_{exc.code}", f"the loop's SFT config is invalid: {exc.message}") from None
 
 
-def sft_config_text(config: str | None, model: str) -> str:
-    """The SFT TOML text: the loop's own (a path or text) or the default template."""
+def sft_config_doc(config: str | dict | None, model: str) -> dict[str, Any]:
+    """The SFT config as data: the loop's own (sections kept as a dict, or a path / TOML text read by the shared
+    rule) or :func:`default_sft_config`. Raises ``ConfigSourceError``."""
     if not config:
-        return default_sft_toml(model)
-    path = Path(config).expanduser()
-    if "\n" not in config and path.suffix == ".toml":
-        if not path.is_file():
-            raise ToolFailure("config_not_found", f"SFT config not found: {path}")
-        return path.read_text()
-    return config
+        return default_sft_config(model)
+    if isinstance(config, dict):
+        return copy.deepcopy(config)
+    return parse_toml(read_config_source(config, what="SFT config"), what="SFT config")
 
 
-def apply_hyperparameter_overrides(sft_toml: str, overrides: dict) -> str:
-    """Merge ``overrides`` into the ``[hyperparameters]`` table of an SFT TOML text."""
-    if not overrides:
-        return sft_toml
-    doc = tomllib.loads(sft_toml)
-    doc.setdefault("hyperparameters", {}).update(overrides)
-    return _dump_toml(doc)
+def apply_hyperparameter_overrides(sft: dict[str, Any], overrides: dict) -> dict[str, Any]:
+    """``sft`` with ``overrides`` merged into its ``[hyperparameters]`` table (a new dict)."""
+    doc = copy.deepcopy(sft)
+    if overrides:
+        doc.setdefault("hyperparameters", {}).update(overrides)
+    return doc

@@ -34,8 +34,11 @@ list, and callers apply this registry only when the target is Synth.
 from __future__ import annotations
 
 import difflib
-import os
+from collections.abc import Mapping
 from typing import Final
+
+from learning_mcp.tools.errors import MessageError
+from learning_mcp.tools.settings import process_environ
 
 __all__ = [
     "ALL_MODELS",
@@ -171,7 +174,7 @@ _CANONICAL_BY_LOWER: Final[dict[str, str]] = {model.lower(): model for model in 
 _HINT_MODEL_COUNT: Final = 5
 
 
-class ModelNotSupportedError(ValueError):
+class ModelNotSupportedError(MessageError, ValueError):
     """A model id that Synth's registry refuses.
 
     ``code`` is stable snake_case: ``empty_model``, ``model_not_supported``, ``finetuned_model_not_allowed``,
@@ -180,32 +183,33 @@ class ModelNotSupportedError(ValueError):
     """
 
     def __init__(self, code: str, synth_message: str, hint: str = "") -> None:
-        self.code = code
         self.synth_message = synth_message
         self.hint = hint
-        super().__init__(f"{synth_message} {hint}".strip())
+        super().__init__(code, f"{synth_message} {hint}".strip())
 
 
-def _parse_experimental_env() -> frozenset[str]:
-    raw = os.environ.get(EXPERIMENTAL_MODELS_ENV, "").strip()
+def _parse_experimental_env(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    raw = (process_environ() if environ is None else environ).get(EXPERIMENTAL_MODELS_ENV, "").strip()
     if not raw:
         return frozenset()
     entries = (entry.strip() for entry in raw.split(","))
     return frozenset(normalize_model_id(entry) or entry for entry in entries if entry)
 
 
-def experimental_models() -> frozenset[str]:
-    """Synth's experimental set, extended by ``SDK_EXPERIMENTAL_MODELS`` as it is set right now."""
-    return EXPERIMENTAL_DEFAULT_MODELS | _parse_experimental_env()
+def experimental_models(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Synth's experimental set, extended by ``SDK_EXPERIMENTAL_MODELS`` in ``environ`` (the server passes its
+    ``Settings.environ``; None: the process environment as it is set right now, as Synth's SDK reads it)."""
+    return EXPERIMENTAL_DEFAULT_MODELS | _parse_experimental_env(environ)
 
 
 # Synth's module constant, computed at import as Synth does; the checks call experimental_models() instead.
 EXPERIMENTAL_MODELS: Final[frozenset[str]] = experimental_models()
 
 
-def experimental_enabled() -> bool:
-    """Whether ``SDK_EXPERIMENTAL`` unlocks experimental models (Synth accepts exactly ``"1"``)."""
-    return os.environ.get(EXPERIMENTAL_ENV, "0") == "1"
+def experimental_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``SDK_EXPERIMENTAL`` in ``environ`` (None: the process environment) unlocks experimental models
+    (Synth accepts exactly ``"1"``)."""
+    return (process_environ() if environ is None else environ).get(EXPERIMENTAL_ENV, "0") == "1"
 
 
 def normalize_model_id(name: object) -> str | None:
@@ -252,10 +256,10 @@ def _registry_base(name: object) -> str | None:
     return normalize_model_id(base_of_finetuned(name))
 
 
-def is_experimental_model(name: object) -> bool:
+def is_experimental_model(name: object, environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``name`` (or the base of a fine-tuned ``name``) is experimental right now."""
     base = _registry_base(name)
-    return base is not None and base in experimental_models()
+    return base is not None and base in experimental_models(environ)
 
 
 def is_vision_model(name: object) -> bool:
@@ -321,12 +325,14 @@ def ensure_allowed_model(
     allow_finetuned_prefixes: bool = False,
     allow_experimental: bool | None = None,
     training_mode: str | None = "sft",
+    environ: Mapping[str, str] | None = None,
 ) -> str:
     """Synth's ``ensure_allowed_model`` plus its training-mode check; returns the canonical base model id.
 
     Order, as Synth runs it: empty -> registry lookup (fine-tuned ids resolve to their base only with
     ``allow_finetuned_prefixes``) -> experimental gate (``allow_experimental``, else ``SDK_EXPERIMENTAL=1``) ->
-    the model must list ``training_mode`` (skip with None). Raises :class:`ModelNotSupportedError`.
+    the model must list ``training_mode`` (skip with None). ``environ``: where ``SDK_EXPERIMENTAL*`` are read
+    (the server's ``Settings.environ``; None: the process environment). Raises :class:`ModelNotSupportedError`.
     """
     candidate = (name or "").strip() if isinstance(name, str) else ""
     if not candidate:
@@ -341,8 +347,8 @@ def ensure_allowed_model(
             raise ModelNotSupportedError("finetuned_model_not_allowed", message, _finetuned_hint(candidate))
         raise ModelNotSupportedError("model_not_supported", message, _unsupported_hint(candidate, training_mode))
 
-    allow_exp = experimental_enabled() if allow_experimental is None else allow_experimental
-    if base in experimental_models() and not allow_exp:
+    allow_exp = experimental_enabled(environ) if allow_experimental is None else allow_experimental
+    if base in experimental_models(environ) and not allow_exp:
         raise ModelNotSupportedError(
             "model_experimental",
             f"Model '{base}' is experimental and disabled. Set SDK_EXPERIMENTAL=1 or pass allow_experimental=True.",

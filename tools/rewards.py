@@ -33,6 +33,32 @@ task id and carries the exception text, so a loop can fail with a clear status i
 
 Verifiers are small frozen objects: ``describe()`` gives a JSON-able spec to persist with a run, and ``blocking``
 tells an async caller whether to run it in a worker thread (python verifiers may run unit tests).
+
+Rules every verifier shares (the way graders read answers):
+
+* **Reasoning is not the answer.** The completion's reasoning block is removed before anything else
+  (:func:`strip_reasoning`): everything up to the last ``</think>`` (Qwen3 / DeepSeek-R1 templates; the opening tag
+  may sit in the prompt), or, for a block that never closed, everything from ``<think>`` on. A chat response's
+  separate ``reasoning_content`` is never scored (:mod:`.evaluate` reads ``content`` only).
+* **The final answer wins.** ``answer`` extraction takes the text after the last ``####`` (GSM8K), else the last
+  ``final answer: X`` / ``the final answer is X``, else the last ``answer: X`` / ``the answer is X`` whose value has a
+  digit or LaTeX (else the last one at all); the value ends at the end of its line and of its sentence, so
+  ``#### 42`` followed by "I hope this answer is helpful!" is ``42``. ``boxed`` takes the last ``\\boxed{}``.
+* **GSM8K-form references.** A reference holding ``####`` (a worked rationale ending ``#### 72``) means the text
+  after the last ``####`` (:func:`~learning_mcp.tools.tasks.reference_final_answer`) for every verifier that
+  compares numbers or answers (``numeric``, ``answer``, ``boxed``, ``math``, and ``regex`` with a numeric/auto
+  compare); ``exact`` compares the whole completion with the whole reference, as before.
+
+The ``math`` verifier (``"math"`` or ``{"type": "math"}``, no options) judges mathematical equivalence with
+math-verify (the optional ``math`` extra; a clear ``missing_dependency`` error when absent), run in a helper
+process (:mod:`.mathcheck`) because its timeouts are signal-based. It extracts the answer span like a grader –
+the last ``\\boxed{}``, else the ``####`` / final-answer line, else math-verify's own search of the whole text (the
+rightmost LaTeX or number) – and accepts LaTeX vs plain numbers, fractions vs decimals (6 decimal places),
+``x = 5``, ``1{,}000`` / ``1,000``, ``\\$18.90``, ``12\\text{ cm}`` / ``72 dollars``, percentages, sets (order-free)
+and tuples/intervals (ordered).
+
+:func:`zero_score_warning` turns "this verifier scored every validation problem 0 on the seed model" into a warning
+that says what that usually means (a reference format the verifier cannot read), for a loop to show at its start.
 """
 
 from __future__ import annotations
@@ -44,28 +70,34 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import MessageError
+from .tasks import reference_final_answer
 
 if TYPE_CHECKING:
     from .tasks import Task
 
 __all__ = [
     "AnswerVerifier",
+    "MathVerifier",
     "PythonVerifier",
     "Verifier",
     "VerifierError",
     "extract_final_answer",
     "make_verifier",
     "parse_number",
+    "strip_reasoning",
+    "zero_score_warning",
 ]
 
 EXTRACT_MODES = ("full", "last_number", "boxed", "answer", "regex")
 COMPARE_MODES = ("exact", "numeric", "auto")
-BUILTIN_TYPES = ("exact", "numeric", "regex", "boxed", "answer")
+BUILTIN_TYPES = ("exact", "numeric", "regex", "boxed", "answer", "math")
 _OPTIONS = {"type", "tolerance", "rel_tolerance", "extract", "pattern", "group", "compare", "ignore_case"}
 _PYTHON_OPTIONS = {"type", "function", "path", "module"}
 
@@ -74,13 +106,11 @@ class Verifier(Protocol):
     def __call__(self, task: Task, completion: str) -> float: ...
 
 
-class VerifierError(Exception):
+class VerifierError(MessageError):
     """A verifier that cannot be built or that failed on a task. ``code`` is snake_case."""
 
     def __init__(self, code: str, message: str, *, task_id: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.task_id = task_id
 
     def to_dict(self) -> dict:
@@ -90,16 +120,40 @@ class VerifierError(Exception):
 # ---------------------------------------------------------------------------------------------------------------
 # Extraction (pure)
 
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def strip_reasoning(text: str) -> str:
+    """The completion without its reasoning block (pure): the text after the last ``</think>``; else, when a
+    ``<think>`` never closed (cut off while thinking), the text before it; else the text unchanged."""
+    if not text:
+        return text or ""
+    close = text.rfind(_THINK_CLOSE)
+    if close >= 0:
+        return text[close + len(_THINK_CLOSE):].strip()
+    start = text.find(_THINK_OPEN)
+    if start >= 0:
+        return text[:start].strip()
+    return text
+
+
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+"
-_NUMBER_RE = re.compile(rf"(?:{_NUMBER})(?:\s*/\s*(?:{_NUMBER}))?")
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_RES = (
-    re.compile(r"^[ \t]*#{4}[ \t]*(?P<value>[^\n]+)", re.MULTILINE),
-    re.compile(
-        r"\b(?:final[ \t]+)?answer[ \t]*(?:\*\*)?[ \t]*(?:is\b|:|=)[ \t]*:?[ \t]*(?P<value>[^\n]+)",
-        re.IGNORECASE,
-    ),
+_NUMBER_RE = re.compile(
+    rf"[-+]?\\[dt]?frac\s*\{{\s*[-+]?\d+\s*\}}\s*\{{\s*[-+]?\d+\s*\}}|\\[dt]?frac\d\d"
+    rf"|(?:{_NUMBER})(?:\s*/\s*(?:{_NUMBER}))?"
 )
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_HASHES_RE = re.compile(r"#{4,}[ \t]*(?P<value>(?:[^\n#]|#(?!###))*)")
+_HEADING_RE = re.compile(r"[A-Z][a-z]+[ \t]+\S")  # "#### Step 1: add" is a markdown heading, not an answer
+_ANSWER_PHRASE_RE = re.compile(
+    r"\b(?P<final>final[ \t]+)?answer[ \t]*(?:\*\*)?[ \t]*(?:is\b|:|=)[ \t]*:?[ \t]*(?P<value>[^\n]+)",
+    re.IGNORECASE,
+)
+_SENTENCE_END_RE = re.compile(r"(?<=\S)[.!?](?:\s+|\*+\s*)(?=[A-Z(\[])")
+_MATHLIKE_RE = re.compile(r"[\d\\]")
+_LEADING_VALUE_RE = re.compile(r"(\S+)\s")
+_LEADING_NUMBER_RE = re.compile(r"(?P<number>[-+]?\\?\$?[-+]?\d[\d,.{}/]*%?)\s+(?=[A-Z](?:[a-z]|\s))")
 _FRAC_RE = re.compile(r"^\\[dt]?frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}$")
 
 
@@ -129,16 +183,36 @@ def _clean_answer(value: str) -> str:
     return value.rstrip(".").strip()
 
 
+def _first_sentence(value: str) -> str:
+    """``"42. I hope this helps!"`` → ``"42."``, ``"42 I hope…"`` → ``"42"``: a value ends where a sentence
+    starts."""
+    match = _SENTENCE_END_RE.search(value)
+    if match:
+        value = value[: match.start() + 1]
+    lead = _LEADING_NUMBER_RE.match(value)
+    return lead.group("number") if lead else value
+
+
 def _last_answer_line(text: str) -> str | None:
-    best: tuple[int, str] | None = None
-    for pattern in _ANSWER_RES:
-        for match in pattern.finditer(text):
-            if best is None or match.start() >= best[0]:
-                best = (match.start(), match.group("value"))
-    if best is None:
+    """The final answer line's value: after the last ``####``; else the last "final answer"; else the last
+    "answer is/:" whose value looks mathematical (a digit or LaTeX), else the last one."""
+    hashes = [match.group("value") for match in _HASHES_RE.finditer(text)]
+    hashes = [_clean_answer(_first_sentence(value.strip())) for value in hashes if not _HEADING_RE.match(value)]
+    hashes = [value for value in hashes if value]
+    if hashes:
+        return hashes[-1]
+    phrases = list(_ANSWER_PHRASE_RE.finditer(text))
+    if not phrases:
         return None
-    value = _clean_answer(best[1])
-    return value or None
+    values = [(m.group("final") is not None, _clean_answer(_first_sentence(m.group("value")))) for m in phrases]
+    values = [(final, value) for final, value in values if value]
+    if not values:
+        return None
+    for wanted in (lambda f, v: f, lambda f, v: bool(_MATHLIKE_RE.search(v)), lambda f, v: True):
+        chosen = [value for final, value in values if wanted(final, value)]
+        if chosen:
+            return chosen[-1]
+    return None  # pragma: no cover
 
 
 def extract_final_answer(
@@ -156,7 +230,7 @@ def extract_final_answer(
     if mode == "full":
         return text.strip()
     if mode == "last_number":
-        matches = _NUMBER_RE.findall(text)
+        matches = _NUMBER_RE.findall(_latex_number_marks(text))
         return matches[-1].strip() if matches else None
     if mode == "boxed":
         return _last_boxed(text)
@@ -176,19 +250,36 @@ def extract_final_answer(
     raise ValueError(f"unknown extraction mode {mode!r}; use one of {', '.join(EXTRACT_MODES)}")
 
 
+def _latex_number_marks(text: str) -> str:
+    """``1{,}000`` → ``1,000``; ``1\\,000`` / ``1\\!000`` → ``1000``; ``\\$`` → ``$``; ``\\%`` → ``%``
+    (pure)."""
+    text = text.replace("{,}", ",").replace("\\$", "$").replace("\\%", "%")
+    return re.sub(r"(?<=\d)\\[,!;: ](?=\d)", "", text)
+
+
 def parse_number(text: Any) -> float | None:
-    """A number from an answer-like value: ``42``, ``"1,234"``, ``"$5"``, ``"50%"``, ``"3/4"``, ``"\\frac{3}{4}"``."""
+    """A number from an answer-like value: ``42``, ``"1,234"``, ``"1{,}234"``, ``"$5"``, ``"\\$5"``, ``"50%"``,
+    ``"3/4"``, ``"\\frac{3}{4}"``, ``"\\dfrac34"``, ``"12 cm"`` / ``"12\\text{ cm}"`` (a trailing unit word)."""
     if isinstance(text, bool):
         return None
     if isinstance(text, (int, float)):
         return float(text)
     if not isinstance(text, str):
         return None
-    value = text.strip().strip("$").strip()
-    value = value.replace("\\!", "").replace("\\,", "").replace("\\%", "%").rstrip("%").rstrip(".").strip()
+    value = _latex_number_marks(text.strip())
+    value = re.sub(r"\\(?:text|mbox|mathrm)\s*\{\s*([A-Za-z .]*)\}", r" \1", value).strip()
+    value = re.sub(r"(?<=[\d%])\s*[A-Za-z][A-Za-z .]*$", "", value)  # "12 cm", "72 dollars"
+    value = re.sub(r"\\[dt]?frac(\d)(\d)", r"\\frac{\1}{\2}", value)
+    value = value.strip().strip("$").strip()
+    value = value.replace("\\!", "").replace("\\,", "").rstrip("%").rstrip(".").strip()
+    sign = ""
+    if value[:1] in "-+" and value[1:].lstrip().startswith("\\"):
+        sign, value = value[0], value[1:].strip()
     frac = _FRAC_RE.match(value)
     if frac:
-        value = f"{frac.group(1)}/{frac.group(2)}"
+        value = f"{sign}{frac.group(1)}/{frac.group(2)}"
+    else:
+        value = sign + value
     value = re.sub(r"(?<=\d),(?=\d{3}\b)", "", value).replace(" ", "")
     try:
         if "/" in value:
@@ -270,10 +361,14 @@ class AnswerVerifier:
         return spec
 
     def extract_answer(self, completion: str) -> str | None:
-        return extract_final_answer(completion or "", self.extract, pattern=self._compiled, group=self.group)
+        """The answer this verifier reads in ``completion`` (reasoning block removed first), or None."""
+        text = strip_reasoning(completion or "")
+        return extract_final_answer(text, self.extract, pattern=self._compiled, group=self.group)
 
     def __call__(self, task: Task, completion: str) -> float:
         answers = _acceptable_answers(task)
+        if self.compare != "exact":
+            answers = [reference_final_answer(answer) for answer in answers]
         extracted = self.extract_answer(completion)
         if extracted is None:
             return 0.0
@@ -303,10 +398,83 @@ class AnswerVerifier:
         expected_text = answer if isinstance(answer, str) else str(answer)
         if _normalize_auto(extracted, self.ignore_case) == _normalize_auto(expected_text, self.ignore_case):
             return True
-        got, expected_number = parse_number(_clean_answer(extracted)), parse_number(answer)
-        return got is not None and expected_number is not None and _numbers_close(
-            got, expected_number, self.tolerance, self.rel_tolerance
-        )
+        expected_number = parse_number(answer)
+        if expected_number is None:
+            return False
+        cleaned = _clean_answer(extracted)
+        got = parse_number(cleaned)
+        if got is None:  # "42 and that is all": a number answer is the span's leading number (GSM8K's "#### 42")
+            lead = _LEADING_VALUE_RE.match(cleaned)
+            got = parse_number(lead.group(1)) if lead else None
+        return got is not None and _numbers_close(got, expected_number, self.tolerance, self.rel_tolerance)
+
+
+@dataclass(frozen=True)
+class MathVerifier:
+    """Mathematical equivalence by math-verify (see the module docstring). Construct through :func:`make_verifier`.
+
+    ``blocking`` is True: each check waits on the helper process (milliseconds; a runaway expression is cut off
+    after :data:`~learning_mcp.tools.mathcheck.HARD_TIMEOUT_S` seconds and scores 0).
+    """
+
+    kind: str = "math"
+    blocking: bool = field(default=True, compare=False)
+
+    def describe(self) -> dict:
+        return {"type": "math"}
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The answer span handed to math-verify: the last ``\\boxed{}``, else the ``####`` / final-answer line,
+        else the whole completion (math-verify then takes its rightmost LaTeX or number). None when empty."""
+        found = self._answer(completion)
+        return found[0] if found else None
+
+    @staticmethod
+    def _answer(completion: str) -> tuple[str, bool] | None:
+        """``(span, is_free_text)``; free text is searched by math-verify, a span is parsed as one expression."""
+        text = strip_reasoning(completion or "")
+        span = _last_boxed(text)
+        if span is None:
+            span = _last_answer_line(text)
+        if span is None:
+            text = text.strip()
+            return (text, True) if text else None
+        span = _tidy_math(span)
+        return (span, False) if span else None
+
+    def __call__(self, task: Task, completion: str) -> float:
+        from .mathcheck import MathVerifyMissing, math_equal
+
+        answers = [reference_final_answer(answer) for answer in _acceptable_answers(task)]
+        found = self._answer(completion)
+        if found is None:
+            return 0.0
+        extracted, free_text = found
+        try:
+            for answer in answers:
+                reference = _tidy_math(_clean_answer(str(answer)))
+                if reference and math_equal(reference, extracted, answer_is_text=free_text):
+                    return 1.0
+        except MathVerifyMissing as exc:
+            raise VerifierError("missing_dependency", str(exc), task_id=task.id) from None
+        return 0.0
+
+
+_TRAILING_WORDS_RE = re.compile(r"^(?P<number>[-+]?\\?\$?\s*[-+]?\d[\d,.{}]*%?)\s+[A-Za-z][A-Za-z .]*$")
+
+
+def _tidy_math(span: str) -> str:
+    """Grader-style clean-up of an answer span before math-verify parses it (pure): markdown bold, a trailing
+    period, surrounding ``$…$`` / ``\\(…\\)``, and plain-text unit words after a number (``72 dollars`` →
+    ``72``)."""
+    value = span.strip().strip("*_ \t").strip()
+    if value.startswith("\\(") and value.endswith("\\)"):
+        value = value[2:-2].strip()
+    if len(value) >= 2 and value[0] == value[-1] == "$":
+        value = value[1:-1].strip()
+    value = value.rstrip(".").strip()
+    match = _TRAILING_WORDS_RE.match(value)
+    return match.group("number") if match else value
 
 
 @dataclass(frozen=True)
@@ -322,7 +490,7 @@ class PythonVerifier:
         return {"type": "python", "function": self.reference}
 
     def __call__(self, task: Task, completion: str) -> float:
-        args: tuple[Any, ...] = (completion, task.answer, task.to_dict())[: self.arity]
+        args: tuple[Any, ...] = (strip_reasoning(completion or ""), task.answer, task.to_dict())[: self.arity]
         try:
             result = self.function(*args)
         except Exception as exc:  # the user's code: report, never swallow
@@ -511,11 +679,27 @@ def _make_builtin(kind: str, options: dict[str, Any]) -> AnswerVerifier:
     )
 
 
+def _make_math(options: dict[str, Any]) -> MathVerifier:
+    unknown = sorted(set(options) - {"type"})
+    if unknown:
+        raise _bad_option(f"unknown option(s) {', '.join(unknown)} for verifier 'math'; it takes none (math-verify "
+                          "compares to 6 decimal places)")
+    from .mathcheck import MathVerifyMissing, require_math_verify
+
+    try:
+        require_math_verify()
+    except MathVerifyMissing as exc:
+        raise VerifierError("missing_dependency", str(exc)) from None
+    return MathVerifier()
+
+
 def make_verifier(spec: str | dict, *, base_dir: str | os.PathLike[str] | None = None) -> Verifier:
     """Build a verifier from a spec (see the module docstring). Raises :class:`VerifierError` on a bad spec."""
     base = Path(base_dir).expanduser().resolve() if base_dir is not None else None
     if isinstance(spec, str):
         text = spec.strip()
+        if text.lower() == "math":
+            return _make_math({})
         if text.lower() in BUILTIN_TYPES:
             return _make_builtin(text.lower(), {})
         if ":" in text:
@@ -532,7 +716,7 @@ def make_verifier(spec: str | dict, *, base_dir: str | os.PathLike[str] | None =
             kind = "python"
         if not isinstance(kind, str):
             raise VerifierError("unknown_verifier", "a verifier dict needs a 'type' (exact, numeric, regex, boxed, "
-                                "answer or python)")
+                                "answer, math or python)")
         kind = kind.strip().lower()
         if kind == "python":
             unknown = sorted(set(options) - _PYTHON_OPTIONS)
@@ -542,6 +726,8 @@ def make_verifier(spec: str | dict, *, base_dir: str | os.PathLike[str] | None =
             if not isinstance(reference, str):
                 raise VerifierError("invalid_verifier_spec", "a python verifier needs 'function': 'module:function'")
             return _make_python_verifier(reference, base)
+        if kind == "math":
+            return _make_math(options)
         if kind not in BUILTIN_TYPES:
             raise VerifierError(
                 "unknown_verifier", f"unknown verifier type {kind!r}; use one of {', '.join(BUILTIN_TYPES)}, python"
@@ -550,3 +736,64 @@ def make_verifier(spec: str | dict, *, base_dir: str | os.PathLike[str] | None =
     raise VerifierError(
         "invalid_verifier_spec", f"a verifier spec must be a string or a dict, got {type(spec).__name__}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Start-of-loop check (pure)
+
+
+def _verifier_name(verifier: Any) -> str:
+    describe = getattr(verifier, "describe", None)
+    spec = describe() if callable(describe) else verifier
+    if isinstance(spec, dict):
+        kind = spec.get("type", "custom")
+        return f"{kind} ({spec['function']})" if kind == "python" and spec.get("function") else str(kind)
+    return str(spec) if isinstance(spec, str) else type(verifier).__name__
+
+
+def _quote(value: Any, limit: int = 60) -> str:
+    text = " ".join(str(value).split())
+    return repr(text if len(text) <= limit else "…" + text[-limit:])
+
+
+def zero_score_warning(
+    rewards_by_problem: Mapping[str, Sequence[float | None]],
+    verifier: Any,
+    *,
+    examples: Sequence[tuple[Task, str]] = (),
+    threshold: float = 1.0,
+) -> str | None:
+    """A warning when ``verifier`` scored EVERY problem 0 (no sample reached ``threshold``), else None (pure).
+
+    Meant for the start of a loop: the seed model's validation rewards (``{problem id: [reward, ...]}``). A seed
+    model that solves nothing at all is rare; a reference format the verifier cannot read (a GSM8K rationale, LaTeX,
+    units, a different answer phrasing) is the usual cause, and it would otherwise cost a whole sampling round.
+    ``examples`` – a few ``(task, completion)`` pairs – are shown with what the verifier read on each side
+    (``verifier.extract_answer`` when it has one). Returns None when there are no problems.
+    """
+    if not rewards_by_problem:
+        return None
+    if any(r is not None and r >= threshold for rewards in rewards_by_problem.values() for r in rewards):
+        return None
+    count = len(rewards_by_problem)
+    name = _verifier_name(verifier)
+    lines = [
+        f"The {name} verifier scored all {count} validation problem(s) 0 on the seed model. This usually means a "
+        "reference or answer format the verifier cannot read, not a model that knows nothing."
+    ]
+    extract = getattr(verifier, "extract_answer", None)
+    exact = getattr(verifier, "compare", None) == "exact"
+    for task, completion in list(examples)[:3]:
+        reference = task.answer if exact else reference_final_answer(task.answer)
+        read = extract(completion) if callable(extract) else None
+        shown = f"; the verifier read {_quote(read)}" if callable(extract) else ""
+        lines.append(
+            f"- problem {task.id}: reference {_quote(task.answer)} (compared as {_quote(reference)}); "
+            f"completion {_quote(completion)}{shown}"
+        )
+    lines.append(
+        "Check a few references and completions with the `eval` tool, then pick a verifier that reads them: 'math' "
+        "for GSM8K/MATH-style answers (LaTeX, fractions, units, '#### N' references), 'numeric' for the last number, "
+        "'answer' for 'the answer is X' lines, or a python verifier for a custom format."
+    )
+    return "\n".join(lines)

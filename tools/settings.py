@@ -18,11 +18,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Literal, Mapping
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learning_mcp.paths import data_dir as resolve_data_dir
 
 SYNTH_DEFAULT_ORIGIN = "https://api.usesynth.ai"
 URL_ENV_VARS = ("SYNTH_BACKEND_URL", "BACKEND_BASE_URL", "SYNTH_BACKEND_OVERRIDE")
@@ -49,7 +52,7 @@ def load_env(env_files: list[str] | tuple[str, ...] = (), environ: Mapping[str, 
              cwd: Path | None = None) -> dict[str, str]:
     """The effective environment: the process env, overlaid by explicit env files (later wins), with a cwd
     ``.env`` filling only what is still missing."""
-    env = dict(os.environ if environ is None else environ)
+    env = dict(process_environ() if environ is None else environ)
     merged_files: dict[str, str] = {}
     for path in env_files:
         if not Path(path).is_file():
@@ -86,7 +89,7 @@ class Target:
 
 def resolve_target(*, backend_url: str | None = None, env: Mapping[str, str] | None = None) -> Target | None:
     """The configured remote target, or ``None`` when the embedded backend should be used."""
-    env = os.environ if env is None else env
+    env = process_environ() if env is None else env
     key = env.get(KEY_ENV_VAR) or None
     url = backend_url or next((env[v] for v in URL_ENV_VARS if env.get(v)), None)
     if url:
@@ -98,12 +101,37 @@ def resolve_target(*, backend_url: str | None = None, env: Mapping[str, str] | N
     return None
 
 
+def identity_headers(environ: Mapping[str, str]) -> dict[str, str]:
+    """``X-User-ID`` / ``X-Org-ID`` from ``SYNTH_USER_ID`` / ``SYNTH_ORG_ID`` when set (Synth's clients send them)."""
+    return {header: environ[name] for name, header in (("SYNTH_USER_ID", "X-User-ID"), ("SYNTH_ORG_ID", "X-Org-ID"))
+            if environ.get(name)}
+
+
+def process_environ() -> Mapping[str, str]:
+    """The process environment. The one place that reads ``os.environ`` outside :meth:`Settings.load`: the default
+    of library calls made without settings (scripts, tests; Synth's SDK reads the environment the same way).
+    The MCP server never relies on it: it passes its :class:`Settings` (and ``Settings.environ``) explicitly."""
+    return os.environ
+
+
 def redact(text: str, secrets: list[str | None]) -> str:
-    """Remove every secret from ``text`` (for error messages and logs)."""
+    """Remove every secret from ``text`` (for error messages and logs). The one redactor: the learning-API
+    client and the eval sampler both use it."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (URLs are shown in errors and logs)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"***@{host}")
+    return urlunsplit(parts)
 
 
 ALLOWED_KEY_ENVS_VAR = "LEARNING_MCP_ALLOWED_KEY_ENVS"
@@ -111,8 +139,6 @@ ALLOWED_KEY_ENVS_VAR = "LEARNING_MCP_ALLOWED_KEY_ENVS"
 
 def same_origin(url_a: str, url_b: str) -> bool:
     """Scheme, host and port equal (paths may differ)."""
-    from urllib.parse import urlsplit
-
     a, b = urlsplit(url_a), urlsplit(url_b)
     default = {"http": 80, "https": 443}
     return (a.scheme, a.hostname, a.port or default.get(a.scheme)) == (b.scheme, b.hostname,
@@ -129,7 +155,7 @@ def endpoint_key(url: str, target: Target, key_env: str | None, *, environ: Mapp
       (``default_env``, e.g. ``ENVIRONMENT_API_KEY`` for task apps).
     Raises ``PermissionError`` for a variable the operator did not allow.
     """
-    environ = os.environ if environ is None else environ
+    environ = process_environ() if environ is None else environ
     if key_env:
         allowed = {v.strip() for v in environ.get(ALLOWED_KEY_ENVS_VAR, "").split(",") if v.strip()}
         if key_env != default_env and key_env not in allowed:
@@ -172,11 +198,22 @@ class Settings(BaseSettings):
         "max_concurrent_jobs", "LEARNING_MCP_MAX_CONCURRENT_JOBS"))
     torch_threads: int | None = Field(None, ge=1, validation_alias=AliasChoices(
         "torch_threads", "LEARNING_MCP_TORCH_THREADS"))
-    sdk_experimental: bool = Field(False, validation_alias=AliasChoices("sdk_experimental", "SDK_EXPERIMENTAL"))
+    sdk_experimental: Annotated[bool, BeforeValidator(lambda v: v is True or str(v).strip() == "1")] = Field(
+        False, validation_alias=AliasChoices("sdk_experimental", "SDK_EXPERIMENTAL"))  # Synth: exactly "1"
     sdk_experimental_models: str = Field("", validation_alias=AliasChoices(
         "sdk_experimental_models", "SDK_EXPERIMENTAL_MODELS"))
     allowed_key_envs: str = Field("", validation_alias=AliasChoices("allowed_key_envs", ALLOWED_KEY_ENVS_VAR))
     hf_hub_offline: bool = Field(False, validation_alias=AliasChoices("hf_hub_offline", "HF_HUB_OFFLINE"))
+    synth_user_id: str | None = Field(None, validation_alias=AliasChoices("synth_user_id", "SYNTH_USER_ID"))
+    synth_org_id: str | None = Field(None, validation_alias=AliasChoices("synth_org_id", "SYNTH_ORG_ID"))
+    # the embedded backend on a Ray cluster (backend/ray_backend.py): "auto", "host:6379" or "ray://host:10001"
+    ray_address: str | None = Field(None, validation_alias=AliasChoices("ray_address", "LEARNING_MCP_RAY_ADDRESS"))
+    # the inference engine's model cache (backend/inference.py): memory budget in MB (0 = no budget, keep at most
+    # two models) and seconds after which an unused model is unloaded (0 = never)
+    inference_memory_mb: int = Field(0, ge=0, validation_alias=AliasChoices(
+        "inference_memory_mb", "LEARNING_MCP_INFERENCE_MEMORY_MB"))
+    inference_idle_unload_s: float = Field(600.0, ge=0, validation_alias=AliasChoices(
+        "inference_idle_unload_s", "LEARNING_MCP_INFERENCE_IDLE_UNLOAD_S"))
     env_files: tuple[str, ...] = ()
     environ: dict[str, str] = Field(default_factory=dict, repr=False, exclude=True)
 
@@ -206,3 +243,16 @@ class Settings(BaseSettings):
     @property
     def allowed_key_env_names(self) -> frozenset[str]:
         return frozenset(v.strip() for v in self.allowed_key_envs.split(",") if v.strip())
+
+    @property
+    def identity_headers(self) -> dict[str, str]:
+        """Synth's optional identity headers (``SYNTH_USER_ID`` → ``X-User-ID``, ``SYNTH_ORG_ID`` → ``X-Org-ID``)."""
+        return identity_headers({"SYNTH_USER_ID": self.synth_user_id or "", "SYNTH_ORG_ID": self.synth_org_id or ""})
+
+    def target(self) -> Target | None:
+        """The configured remote learning API, or None for the embedded backend (:func:`resolve_target`)."""
+        return resolve_target(backend_url=self.backend_url, env=self.environ)
+
+    def resolved_data_dir(self) -> Path:
+        """The data directory (created if missing): ``data_dir`` or the user's data directory."""
+        return resolve_data_dir(self.data_dir)

@@ -42,7 +42,9 @@ accepted wherever Synth's is. Settings Synth's CLI drops silently are handled pe
 * forwarded, listed in ``dropped_keys`` and warned about (the embedded backend honours them; Synth's hosted
   backend may ignore them): ``[training.lora]`` / legacy ``[lora]`` (``r``, ``alpha``, ``dropout``,
   ``target_modules``) and ``[hyperparameters] lora_*`` as ``hyperparameters.lora_rank|lora_alpha|
-  lora_dropout|lora_target_modules``; ``weight_decay``; and ``total_steps`` / ``train_steps`` / ``steps``,
+  lora_dropout|lora_target_modules``; ``weight_decay``; ``[training] report_to`` (TRL's metrics tracking:
+  ``"none"``, ``"tensorboard"``, ``"trackio"``, ``"wandb"``, ``"mlflow"`` or a list) as
+  ``hyperparameters.report_to``; and ``total_steps`` / ``train_steps`` / ``steps``,
   all three sent as ``hyperparameters.total_steps`` (the name Synth's hyperparameter class gives it first;
   the backend maps it to ``max_steps``; two that disagree are an error). Forwarded keys go after all of
   Synth's keys, so stripping them gives Synth's payload byte for byte. LoRA precedence when a setting is
@@ -55,6 +57,11 @@ accepted wherever Synth's is. Settings Synth's CLI drops silently are handled pe
 
 ``[model_config].max_images_per_message`` is surfaced on the plan (else the registry's value, 1 for Qwen3-VL)
 for the dataset validator.
+
+LoRA signals (issue 8): Synth's backends choose the adapter from ``[training] mode`` / ``train_kind``, not from
+``[algorithm] variety``. ``variety = "lora"`` with neither set therefore gets ``hyperparameters.train_kind =
+"peft"`` added (with a warning), so the job trains LoRA as the config says; ``variety = "lora"`` with an explicit
+full-fine-tune ``train_kind`` is an error. (Stripping the added ``train_kind`` gives Synth's payload.)
 """
 
 from __future__ import annotations
@@ -72,6 +79,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learning_mcp.tools import models_registry
+from learning_mcp.tools.config_source import config_path
+from learning_mcp.tools.config_source import path_exists as _exists
+from learning_mcp.tools.config_source import resolve_path as _resolve_path
+from learning_mcp.tools.errors import MessageError
+from learning_mcp.tools.sft_contract import BATCH_KEYS, STEP_KEYS, ContractError, parse_hyperparameters
 
 __all__ = [
     "CONFIG_SCHEMA_DOC",
@@ -101,14 +113,8 @@ SUPPORTED_ALGORITHMS: tuple[tuple[str, str, str], ...] = (
 _SFT_ALGORITHMS = frozenset(SUPPORTED_ALGORITHMS[1:])
 _ALGORITHM_LABELS = {spec: f"{spec[0]} {spec[1]} / {spec[2]}" for spec in SUPPORTED_ALGORITHMS}
 
-_STEP_KEYS = ("n_epochs", "total_steps", "train_steps", "steps")
-_POSITIVE_INT_KEYS = (
-    "batch_size",
-    "global_batch",
-    "per_device_batch",
-    "gradient_accumulation_steps",
-    "sequence_length",
-)
+_STEP_KEYS = STEP_KEYS
+_POSITIVE_INT_KEYS = (*BATCH_KEYS, "sequence_length")
 # Keys of [hyperparameters] Synth's builder copies into the payload (after n_epochs), in its order.
 _SYNTH_HYPERPARAMETER_KEYS = (*_POSITIVE_INT_KEYS, "learning_rate", "warmup_ratio", "train_kind")
 # SFTTrainingHyperparameters field order: to_dict() emits these first, then the extras in insertion order.
@@ -140,6 +146,14 @@ _SENT_HYPERPARAMETER_KEYS = frozenset(
     {*_STEP_KEYS, *_SYNTH_HYPERPARAMETER_KEYS, "parallelism", "weight_decay", *_LORA_DESTINATIONS}
 )
 _FORWARDED_COMPUTE_KEYS = ("gpu_type", "gpu_count", "nodes")
+REPORT_TO_PARAM = "hyperparameters.report_to"
+# [training] report_to: TRL/transformers' integration name -> modules that provide it (any one; the backend checks)
+REPORT_TO_INTEGRATIONS: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "trackio": ("trackio",),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+}
 
 _SECTION_DROP_REASONS = {
     "policy": "[policy] is not used by SFT jobs",
@@ -163,8 +177,8 @@ _COMPUTE_HINT = (
 _TOML_POSITION = re.compile(r"at line (\d+), column (\d+)")
 
 
-class ConfigError(ValueError):
-    """A config that cannot become a job payload.
+class ConfigError(MessageError, ValueError):
+    """A config that cannot become a job payload (a :class:`LearningMCPError`, and a ``ValueError`` as before).
 
     ``code``: stable snake_case (``invalid_toml``, ``config_not_found``, ``missing_algorithm``,
     ``unsupported_algorithm``, ``invalid_config``, ``missing_job_model``, ``missing_dataset_path``,
@@ -190,13 +204,10 @@ class ConfigError(ValueError):
             separator = " "
         else:
             separator = ". "
-        self.code = code
-        self.message = f"{text}{separator}{hint}" if hint else text
+        super().__init__(code, f"{text}{separator}{hint}" if hint else text, param=param, data=dict(details or {}))
         self.synth_message = text if from_synth else None
         self.hint = hint
-        self.param = param
-        self.details: dict[str, Any] = dict(details or {})
-        super().__init__(self.message)
+        self.details: dict[str, Any] = self.data
 
     def to_dict(self) -> dict[str, Any]:
         """The ``{code, message, param}`` error shape of §9.19."""
@@ -311,29 +322,6 @@ def _base_dir(cwd: str | os.PathLike[str] | None) -> Path:
     return Path(cwd).expanduser().resolve() if cwd is not None else Path.cwd()
 
 
-def _exists(path: Path) -> bool:
-    """``path.exists()`` that treats unusable names (too long, NUL bytes) as missing."""
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
-
-
-def _resolve_path(raw: str | os.PathLike[str], base_dir: Path) -> Path:
-    path = Path(raw).expanduser()
-    return (path if path.is_absolute() else base_dir / path).resolve()
-
-
-def _looks_like_path(text: str, base_dir: Path) -> bool:
-    """Decide whether a one-argument ``config`` string is a path (True) or TOML text (False)."""
-    if "\n" in text:
-        return False
-    stripped = text.strip()
-    if _exists(_resolve_path(stripped, base_dir)) or stripped.lower().endswith(".toml"):
-        return True
-    return not ("=" in stripped or "[" in stripped)
-
-
 def _parse_toml_text(text: str, label: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
@@ -380,13 +368,14 @@ def load_config(
 ) -> tuple[dict[str, Any], Path | None]:
     """Parse ``config`` (a path to a .toml file, or TOML text) into a dict; also return the file's path.
 
-    A string is TOML text when it holds a newline, or when it holds ``=`` or ``[`` and is neither an
-    existing path nor a name ending in ``.toml``; otherwise it is a path, relative to ``cwd``. Raises
+    Path or text is decided by :func:`~learning_mcp.tools.config_source.config_path` (the rule every config
+    loader shares): a string is TOML text when it holds a newline, or when it holds ``=`` or ``[`` and is
+    neither an existing path nor a name ending in ``.toml``; otherwise it is a path, relative to ``cwd``. Raises
     :class:`ConfigError` ``config_not_found`` or ``invalid_toml`` (with the line and column from tomllib).
     """
     base_dir = _base_dir(cwd)
     if isinstance(config, os.PathLike):
-        path = _resolve_path(config, base_dir)
+        path = config_path(config, cwd=base_dir)
         return _read_toml_file(path, base_dir), path
     if not isinstance(config, str):
         raise ConfigError(
@@ -402,8 +391,8 @@ def load_config(
             param="config",
             from_synth=False,
         )
-    if _looks_like_path(config, base_dir):
-        path = _resolve_path(config.strip(), base_dir)
+    path = config_path(config, cwd=base_dir)  # the one path-or-text rule (tools/config_source.py)
+    if path is not None:
         return _read_toml_file(path, base_dir), path
     return _parse_toml_text(config, "<config text>"), None
 
@@ -700,10 +689,12 @@ def _resolve_validation_path(data_section: Mapping[str, Any], *, base_dir: Path,
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _synth_model(raw_model: str, *, param: str, allow_experimental: bool | None, notes: _Notes) -> str:
+def _synth_model(raw_model: str, *, param: str, allow_experimental: bool | None, notes: _Notes,
+                 environ: Mapping[str, str] | None = None) -> str:
     try:
         base_model = models_registry.ensure_allowed_model(
-            raw_model, allow_finetuned_prefixes=False, allow_experimental=allow_experimental, training_mode="sft"
+            raw_model, allow_finetuned_prefixes=False, allow_experimental=allow_experimental, training_mode="sft",
+            environ=environ,
         )
     except models_registry.ModelNotSupportedError as exc:
         code = {
@@ -716,7 +707,7 @@ def _synth_model(raw_model: str, *, param: str, allow_experimental: bool | None,
         elif exc.code == "model_not_supported":
             hint = f"{hint} (target=\"local\" accepts any Hugging Face id or local path.)"
         raise ConfigError(code, exc.synth_message, param=param, hint=hint.strip()) from exc
-    if base_model in models_registry.experimental_models():
+    if base_model in models_registry.experimental_models(environ):
         notes.warn(f"Model '{base_model}' is experimental and may change or be removed.")
     return base_model
 
@@ -825,6 +816,22 @@ def validate_hyperparameters(hyperparameters: Mapping[str, Any] | None) -> dict[
         typed["train_kind"] = train_kind
     ordered = {key: typed[key] for key in _TYPED_HYPERPARAMETER_ORDER if key in typed}
     return {**ordered, **remaining}
+
+
+# Payload keys that come from [training.validation] rather than [hyperparameters].
+_VALIDATION_SOURCE = {key: f"training.validation.{key}" for key in _VALIDATION_KEYS}
+
+
+def _check_contract(hyperparameters: Mapping[str, Any]) -> None:
+    """The SFT contract's rules (:mod:`learning_mcp.tools.sft_contract`) on top of Synth's: what the trainer cannot
+    run (``sequence_length`` below its minimum, an unknown ``evaluation_strategy`` …) fails here, in a dry run too,
+    not in the training worker. ``param`` names the config key the value came from."""
+    try:
+        parse_hyperparameters(hyperparameters)
+    except ContractError as exc:
+        source = _VALIDATION_SOURCE.get((exc.param or "").removeprefix("hyperparameters."), exc.param)
+        message = exc.message if source == exc.param else exc.message.replace(exc.param, f"{source} ({exc.param})", 1)
+        raise ConfigError("invalid_hyperparameter", message, param=source, from_synth=False) from None
 
 
 def _synth_hyperparameter_block(
@@ -999,6 +1006,38 @@ def _forward_weight_decay(
     return {"weight_decay": parsed_hyperparameters.get("weight_decay", number)}
 
 
+def parse_report_to(value: Any) -> list[str]:
+    """``report_to`` as written (``None``, ``"none"``, a name or a list of names) -> the integrations it names.
+
+    Raises ``ValueError`` naming the allowed values. Pure: the backend (``backend/tracking.py``) uses it too.
+    """
+    allowed = ", ".join(repr(name) for name in ["none", *REPORT_TO_INTEGRATIONS])
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"report_to must be one of {allowed} or a list of them; got {value!r}")
+    cleaned = [n.strip().lower() for n in names]
+    unknown = [n for n in cleaned if n not in REPORT_TO_INTEGRATIONS and n != "none"]
+    if unknown:
+        raise ValueError(f"report_to names {', '.join(map(repr, unknown))}, which learning-mcp does not support; "
+                         f"use {allowed}")
+    return list(dict.fromkeys(n for n in cleaned if n != "none"))
+
+
+def _forward_report_to(config: Mapping[str, Any], notes: _Notes) -> dict[str, Any]:
+    training = _table(config, "training")
+    if "report_to" not in training:
+        return {}
+    try:
+        integrations = parse_report_to(training["report_to"])
+    except ValueError as exc:
+        raise ConfigError("invalid_config", f"training.{exc}", param="training.report_to", from_synth=False) from None
+    notes.drop("training.report_to", _forward_note("training.report_to", "report_to",
+                                                   " (TRL's report_to: where training metrics are also logged)"))
+    return {"report_to": integrations or "none"}
+
+
 def _forwarded_hyperparameters(
     config: Mapping[str, Any], parsed: Mapping[str, Any], notes: _Notes
 ) -> dict[str, Any]:
@@ -1009,6 +1048,7 @@ def _forwarded_hyperparameters(
         **_forward_steps(raw_hyperparameters, notes),
         **_forward_weight_decay(parsed_hyperparameters, raw_hyperparameters, notes),
         **_forward_lora(config, notes),
+        **_forward_report_to(config, notes),
     }
 
 
@@ -1049,7 +1089,7 @@ def _audit_training(training: Mapping[str, Any], notes: _Notes) -> None:
             _audit_table("training.validation", value, _VALIDATION_KEYS, notes)
         elif key == "lora" and isinstance(value, dict):
             _audit_lora_table("training.lora", value, notes)
-        elif key not in ("mode", "use_qlora", "validation"):
+        elif key not in ("mode", "use_qlora", "validation", "report_to"):
             notes.drop(f"training.{key}", _drop_note(f"training.{key}"))
 
 
@@ -1127,14 +1167,32 @@ def _max_images_per_message(config: Mapping[str, Any], model: str) -> int | None
     return models_registry.max_images_per_message(model)
 
 
-def _lora_consistency_notes(parsed: Mapping[str, Any], target: Target, notes: _Notes) -> None:
+def _lora_consistency_notes(
+    parsed: Mapping[str, Any], target: Target, notes: _Notes, hyperparameters: dict[str, Any]
+) -> None:
+    """Make ``variety = "lora"`` alone train LoRA: Synth's backends pick the adapter from ``[training] mode`` /
+    ``train_kind`` only, so without either the job would run as a full fine-tune while the config says LoRA.
+    ``train_kind = "peft"`` is added to ``hyperparameters`` (a key Synth's payload carries) and the user told;
+    an explicit ``train_kind`` naming a full fine-tune contradicts ``variety`` and is an error."""
     variety = str((parsed.get("algorithm") or {}).get("variety", "")).strip().lower()
     training = parsed.get("training") or {}
-    train_kind = (parsed.get("hyperparameters") or {}).get("train_kind")
-    if variety == "lora" and training.get("mode") != "lora" and train_kind != "peft":
+    train_kind = str(hyperparameters.get("train_kind") or "").strip().lower()
+    mode = str(training.get("mode") or "").strip().lower()
+    lora_switch = mode in ("lora", "peft", "qlora") or train_kind in ("peft", "lora", "qlora")
+    if variety == "lora" and not lora_switch:
+        if train_kind:
+            raise ConfigError(
+                "invalid_config",
+                f'[algorithm] variety = "lora" but [hyperparameters] train_kind = "{train_kind}" asks for a full '
+                'fine-tune; set train_kind = "peft" (and [training] mode = "lora") for LoRA, or variety = "fft"',
+                param="hyperparameters.train_kind",
+                from_synth=False,
+            )
+        hyperparameters["train_kind"] = "peft"
         notes.warn(
             'variety = "lora" but neither [training] mode = "lora" nor [hyperparameters] train_kind = "peft" is set; '
-            "Synth picks the adapter from those two, so the job may run as a full fine-tune. Set both for LoRA."
+            'Synth picks the adapter from those two, so learning-mcp sends train_kind = "peft" and the job trains '
+            "LoRA as the config says (Synth's CLI would send neither and could run a full fine-tune)."
         )
     if target == "local" and training.get("use_qlora") is True:
         notes.warn("use_qlora = true: the embedded backend trains plain LoRA (no 4-bit quantisation).")
@@ -1168,13 +1226,15 @@ def build_sft_plan(
     allow_experimental: bool | None = None,
     cwd: str | os.PathLike[str] | None = None,
     require_dataset_path: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> SFTJobPlan:
     """Validate an SFT config in Synth's order and build the job payload (see the module docstring).
 
     ``config``: a .toml path, TOML text, or an already-parsed mapping. ``dataset``: the training JSONL, which
     wins over ``[job].data``. ``training_file_id`` / ``validation_file_id``: already-uploaded files, set in the
     payload. ``model``: overrides ``[job].model``. ``allow_experimental``: None defers to ``SDK_EXPERIMENTAL``.
-    ``cwd``: what relative paths resolve against. Raises :class:`ConfigError`.
+    ``cwd``: what relative paths resolve against. ``environ``: where ``SDK_EXPERIMENTAL*`` are read (the server
+    passes its ``Settings.environ``; None: the process environment). Raises :class:`ConfigError`.
     """
     if target not in ("synth", "local"):
         raise ConfigError(
@@ -1209,7 +1269,8 @@ def build_sft_plan(
     model_param = "model" if model_override else "job.model"
     raw_model = parsed["job"]["model"]
     if target == "synth":
-        final_model = _synth_model(raw_model, param=model_param, allow_experimental=allow_experimental, notes=notes)
+        final_model = _synth_model(raw_model, param=model_param, allow_experimental=allow_experimental, notes=notes,
+                                   environ=environ)
     else:
         final_model = _local_model(raw_model, param=model_param, base_dir=base_dir, notes=notes)
     if model_override:
@@ -1218,8 +1279,9 @@ def build_sft_plan(
     raw_hyperparameters = _table(raw_config, "hyperparameters")
     hyperparameters = validate_hyperparameters(_synth_hyperparameter_block(parsed, raw_hyperparameters))
     hyperparameters.update(_forwarded_hyperparameters(raw_config, parsed, notes))
+    _check_contract(hyperparameters)
     _audit_dropped_keys(raw_config, notes)
-    _lora_consistency_notes(parsed, target, notes)
+    _lora_consistency_notes(parsed, target, notes, hyperparameters)
 
     payload: dict[str, Any] = {
         "model": final_model,

@@ -11,6 +11,8 @@ A task file is JSONL, one problem per line::
 * the reference – ``answer``; aliases ``reference``, ``target``, ``solution``, ``tests``. When several are present the
   first in that order is the reference and the others stay in ``metadata`` (MATH rows carry both a worked
   ``solution`` and a final ``answer``). A task without one is fine for task apps and python verifiers.
+  A reference in GSM8K form – a worked rationale ending ``#### 72`` – is kept as written in ``answer``; verifiers
+  that compare answers read its final answer with :func:`reference_final_answer` (the text after the last ``####``).
 * ``split`` – ``train`` / ``validation`` (``val``, ``valid`` and ``dev`` are accepted and normalised) / ``test``,
   or absent.
 * everything else goes into ``metadata``; a ``metadata`` object is merged into it (that is what :func:`write_tasks`
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_jsonl_atomic
+from .errors import MessageError
 
 __all__ = [
     "ANSWER_KEYS",
@@ -51,6 +54,7 @@ __all__ = [
     "load_tasks",
     "normalize_split",
     "parse_task",
+    "reference_final_answer",
     "split_tasks",
     "task_to_record",
     "write_tasks",
@@ -90,16 +94,14 @@ class Task:
         }
 
 
-class TaskFileError(Exception):
+class TaskFileError(MessageError):
     """A task file that cannot be used. ``code`` is snake_case; ``message`` names the line(s) and what is wrong.
 
     ``problems`` lists every ``(line, code, message)`` found (line is None for file-level problems).
     """
 
     def __init__(self, code: str, message: str, problems: list[tuple[int | None, str, str]] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.problems = problems or [(None, code, message)]
 
     def to_dict(self) -> dict:
@@ -111,6 +113,22 @@ class _RecordProblem(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def reference_final_answer(reference: Any) -> Any:
+    """The final answer of a reference (pure): for a string holding ``####`` (GSM8K's ``"<rationale>\\n#### 72"``),
+    the text after the last ``####`` up to the end of its line, stripped; anything else unchanged.
+
+    Source: GSM8K's answer format (Cobbe et al. 2021, ``grade-school-math``: "the final numeric solution for the
+    problem, prepended with ####"), which its graders extract the same way.
+    """
+    if not isinstance(reference, str) or "####" not in reference:
+        return reference
+    tail = reference[reference.rfind("####") + 4:]
+    for line in tail.split("\n"):
+        if line.strip():
+            return line.strip()
+    return ""
 
 
 def normalize_split(value: Any) -> str | None:

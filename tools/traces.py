@@ -7,6 +7,8 @@ so the filter step is a plain query:
 ``samples(id INTEGER PK, run_id, iteration, phase, problem_id, split, model, sample_index, prompt (JSON messages),
 completion, reward, finish_reason, metadata (JSON), created_at (epoch seconds))``, indexed on
 ``(run_id, iteration, phase)`` and ``problem_id``. ``phase`` is ``train_eval`` / ``val_eval`` / ``base_eval`` / ...
+A sample whose ``finish_reason`` is ``"length"`` (cut off at ``max_tokens``) is *truncated*
+(:attr:`TraceSample.truncated`); the filter does not train on those unless asked to.
 
 Design:
 
@@ -31,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TraceSample", "TraceStore", "summarize_rewards"]
+__all__ = ["TRUNCATED_FINISH_REASONS", "TraceSample", "TraceStore", "summarize_rewards"]
+
+# finish reasons that mean "cut off at max_tokens" (OpenAI/vLLM "length"); the filter drops these by default
+TRUNCATED_FINISH_REASONS = frozenset({"length"})
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -90,6 +95,11 @@ class TraceSample:
     created_at: float | None = None
     id: int | None = None
 
+    @property
+    def truncated(self) -> bool:
+        """True when generation was cut off at ``max_tokens`` (``finish_reason`` ``"length"``)."""
+        return self.finish_reason in TRUNCATED_FINISH_REASONS
+
     def to_dict(self) -> dict:
         return {
             "id": self.id,
@@ -104,6 +114,7 @@ class TraceSample:
             "completion": self.completion,
             "reward": self.reward,
             "finish_reason": self.finish_reason,
+            "truncated": self.truncated,
             "metadata": self.metadata,
             "created_at": self.created_at,
         }

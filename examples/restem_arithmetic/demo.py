@@ -110,7 +110,7 @@ async def run_demo(args: argparse.Namespace) -> dict:
                     say(f"  [{time.monotonic() - t_start:6.0f}s] {last}")
                 if loop["terminal"]:
                     break
-            from learning_mcp.server.loops import LoopStatusResult, format_table
+            from learning_mcp.tools.loop_manager import LoopStatusResult, format_table
 
             say("")
             say(format_table(LoopStatusResult(**loop)))

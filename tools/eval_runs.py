@@ -1,0 +1,147 @@
+"""The ``eval`` tool's runs: sample a model on a task set in the background and keep the summary in memory.
+
+An eval is owned by the server's task group and has an ``eval_id``; its samples go to the server's trace
+database (``<data_dir>/traces.sqlite``) under ``run_id = eval_id``, so ``filter_traces(run_id=eval_id)`` can
+turn them into an SFT set. Evals are kept in memory only (their traces stay on disk).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field
+
+from learning_mcp.tools.errors import ToolFailure
+from learning_mcp.tools.evaluate import ChatEndpointError, SamplingSettings, evaluate
+from learning_mcp.tools.rewards import VerifierError, make_verifier
+from learning_mcp.tools.settings import endpoint_key
+from learning_mcp.tools.tasks import load_tasks, split_tasks
+from learning_mcp.tools.traces import TraceStore
+
+log = logging.getLogger("learning_mcp.server.loops")
+
+
+class EvalStatusResult(BaseModel):
+    eval_id: str
+    state: str = Field(description="running | succeeded | failed")
+    model: str
+    problems: int | None = None
+    samples: int | None = None
+    correct: int | None = None
+    solved_any: int | None = None
+    pass_at_1: float | None = None
+    pass_at_n: float | None = None
+    mean_reward: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    traces_db: str
+    next_step: str
+
+
+@dataclass
+class _EvalRun:
+    eval_id: str
+    model: str
+    state: str = "running"
+    summary: dict | None = None
+    error: str | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class EvalRuns:
+    """The evals started by this server process (``app`` as for :class:`~learning_mcp.tools.loop_manager.LoopManager`)."""
+
+    def __init__(self, app_state: Any):
+        self.app = app_state
+        self.evals: dict[str, _EvalRun] = {}
+
+    @property
+    def traces_db(self) -> Path:
+        return self.app.data_dir / "traces.sqlite"
+
+    async def start_eval(self, *, model: str, tasks_path: str, split: str, settings: dict, verifier: Any,
+                         chat_url: str | None, max_problems: int | None) -> _EvalRun:
+        # TaskFileError / VerifierError are LearningMCPErrors: the MCP edge shows them as they are
+        tasks = await anyio.to_thread.run_sync(lambda: load_tasks(tasks_path))
+        checker = make_verifier(verifier, base_dir=Path(tasks_path).parent)
+        if split != "all":
+            train, val = split_tasks(tasks, val_fraction=settings.pop("val_fraction"),
+                                     seed=settings.pop("split_seed"))
+            tasks = train if split == "train" else val
+        settings.pop("val_fraction", None)
+        settings.pop("split_seed", None)
+        if max_problems:
+            tasks = tasks[:max_problems]
+        if not tasks:
+            raise ToolFailure("no_problems", f"no problems in split {split!r} of {tasks_path}")
+        client = await self.app.client()
+        run = _EvalRun(eval_id=f"eval-{uuid.uuid4().hex[:10]}", model=model)
+        self.evals[run.eval_id] = run
+        greedy = settings.get("n", 1) == 1 and settings.get("temperature", 0.0) == 0.0
+        sampling = SamplingSettings(**settings)
+
+        async def go() -> None:
+            store = TraceStore(self.traces_db)
+            try:
+                url = chat_url or client.target.chat_url
+                summary = await evaluate(tasks, chat_url=url, model=model, verifier=checker, settings=sampling,
+                                         store=store, run_id=run.eval_id, iteration=0, phase="eval",
+                                         api_key=endpoint_key(url, client.target, None, environ=self.app.settings.environ),
+                                         greedy=greedy)
+                run.summary, run.state = summary.to_dict(), "succeeded"
+            except (ChatEndpointError, VerifierError) as exc:
+                run.state, run.error = "failed", str(exc)
+            except Exception as exc:
+                log.exception("eval %s crashed", run.eval_id)
+                run.state, run.error = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                store.close()
+                run.done.set()
+
+        self.app.tg.start_soon(go)
+        return run
+
+
+async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, split: str, n: int, temperature: float,
+                    top_k: int | None, top_p: float, max_tokens: int, verifier: str, chat_url: str | None,
+                    max_problems: int | None, val_fraction: float, split_seed: int, eval_id: str | None,
+                    wait_seconds: float) -> tuple[EvalStatusResult, str]:
+    """What the ``eval`` tool does: start an eval (or look one up by ``eval_id``), wait up to ``wait_seconds``
+    and return ``(result, one-line summary)``. Raises ``ToolFailure`` (unknown_eval, missing_arguments,
+    invalid_split, no_problems, and the task-file / verifier codes)."""
+    if eval_id:
+        run = runs.evals.get(eval_id)
+        if run is None:
+            raise ToolFailure("unknown_eval", f"Unknown eval_id {eval_id!r} (evals are kept in memory "
+                                              "until the server restarts; their traces stay on disk)")
+    else:
+        if not model or not tasks:
+            raise ToolFailure("missing_arguments", "pass model and tasks (or eval_id to check an eval)")
+        if split not in {"all", "train", "validation"}:
+            raise ToolFailure("invalid_split", "split must be all, train or validation")
+        run = await runs.start_eval(model=model, tasks_path=str(Path(tasks).expanduser().resolve()),
+                                    split=split, verifier=verifier, chat_url=chat_url,
+                                    max_problems=max_problems,
+                                    settings={"n": n, "temperature": temperature, "top_k": top_k,
+                                              "top_p": top_p, "max_tokens": max_tokens,
+                                              "val_fraction": val_fraction, "split_seed": split_seed})
+    with anyio.move_on_after(wait_seconds):
+        await run.done.wait()
+    summary = run.summary or {}
+    next_step = (f"Call eval(eval_id={run.eval_id!r}) again for the result." if run.state == "running" else
+                 f"Traces are in {runs.traces_db} under run_id {run.eval_id!r}: filter_traces(run_id=...) turns "
+                 "the correct ones into an SFT dataset." if run.state == "succeeded" else "Fix the error and retry.")
+    out = EvalStatusResult(eval_id=run.eval_id, state=run.state, model=run.model, error=run.error,
+                           traces_db=str(runs.traces_db), next_step=next_step,
+                           **{k: summary.get(k) for k in ("problems", "samples", "correct", "solved_any",
+                                                          "pass_at_1", "pass_at_n", "mean_reward", "seconds")})
+    text = (f"eval {run.eval_id} of {run.model}: {run.state}" +
+            (f", pass@1 {out.pass_at_1:.3f}, pass@n {out.pass_at_n:.3f} on {out.problems} problems "
+             f"({out.samples} samples)"
+             if run.state == "succeeded" else ""))
+    return out, text

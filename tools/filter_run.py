@@ -1,0 +1,89 @@
+"""The ``filter_traces`` tool: pick the database (explicit, the loop's, or the server's), merge a Synth filter
+config with the call's overrides, run :func:`~learning_mcp.tools.filtering.filter_traces` in a worker thread and
+validate what it wrote."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field
+
+from learning_mcp.tools.errors import ToolFailure
+from learning_mcp.tools.filtering import FilterConfigError, FilterSpec, load_filter_config
+from learning_mcp.tools.filtering import filter_traces as run_filter
+from learning_mcp.tools.jobs import validate_dataset_file
+from learning_mcp.tools.traces import TraceStore
+
+
+class FilterResult(BaseModel):
+    output: str
+    counts: dict[str, int] = Field(description="records left after each stage, in order")
+    problems: int
+    written: int
+    valid: bool = Field(description="the output passes validate_dataset")
+    message: str
+    next_step: str
+
+
+async def filter_traces_call(*, loops_root: Path, traces_db: Path, config: str | None, run_id: str | None,
+                             db: str | None, output: str | None, reward_threshold: float | None,
+                             max_per_problem: int | None, dedupe: bool | None, limit: int | None,
+                             overwrite: bool) -> tuple[FilterResult, str]:
+    """What the ``filter_traces`` tool does; returns ``(result, one-line summary)``. Raises ``ToolFailure``
+    (invalid_filter_config, db_not_found, invalid_db, output_exists)."""
+    base: dict[str, Any] = {}
+    if config:
+        try:
+            base = dict(vars(load_filter_config(config)))
+        except (FilterConfigError, ValueError, OSError) as exc:
+            raise ToolFailure("invalid_filter_config", str(exc)) from None
+    db_path = db or base.get("db")
+    if not db_path and run_id:
+        loop_db = loops_root / run_id / "traces.sqlite"
+        db_path = str(loop_db if loop_db.is_file() else traces_db)
+    db_path = db_path or str(traces_db)
+    if not Path(db_path).is_file():
+        raise ToolFailure("db_not_found", f"trace database not found: {db_path}; run eval or a loop first")
+    overrides = {"run_id": run_id, "reward_threshold": reward_threshold, "max_per_problem": max_per_problem,
+                 "dedupe": dedupe, "limit": limit}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["db"] = db_path
+    base["output"] = output or base.get("output") or str(
+        Path(db_path).parent / f"filtered-{run_id or 'all'}-{int(time.time())}.jsonl")
+    try:
+        spec = FilterSpec(**base)
+    except (FilterConfigError, TypeError, ValueError) as exc:
+        raise ToolFailure("invalid_filter_config", str(exc)) from None
+    out_path = Path(spec.output)
+    if out_path.exists() and not overwrite:
+        raise ToolFailure("output_exists", f"{out_path} already exists; pass overwrite=true to replace it, or "
+                                           "choose another output path")
+
+    def work():
+        try:
+            store = TraceStore(db_path)
+        except sqlite3.DatabaseError as exc:
+            raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
+        try:
+            return run_filter(spec, store)
+        except sqlite3.DatabaseError as exc:
+            raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
+        finally:
+            store.close()
+
+    report = await anyio.to_thread.run_sync(work)
+    if not report.counts.get("written") and out_path.exists() and out_path.stat().st_size == 0:
+        out_path.unlink()  # nothing matched: leave no empty file behind
+    valid = False
+    if report.counts.get("written"):
+        valid = (await anyio.to_thread.run_sync(lambda: validate_dataset_file(report.output))).ok
+    written = report.counts.get("written", 0)
+    out = FilterResult(output=report.output, counts=report.counts, problems=report.problems, written=written,
+                       valid=valid, message=getattr(report, "message", "") or f"wrote {written} examples",
+                       next_step=(f"upload_file(path={report.output!r}) then create_job(...)" if written else
+                                  "Nothing matched: loosen the filter or sample more (eval with n > 1)."))
+    return out, f"wrote {written} examples -> {report.output}"
