@@ -30,7 +30,8 @@ from pydantic import Field
 from learning_mcp import __version__
 from learning_mcp.backend.launcher import BackendStartError, ensure_backend
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
-                                        reject_unknown_tools, result, state_of, tool_errors)
+                                        harden_tool_calls, reject_unknown_tools, result, state_of,
+                                        tool_errors)
 from learning_mcp.server.loop_tools import register_loop_tools
 from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
@@ -138,6 +139,7 @@ def create_server(settings: Settings | None = None) -> MCPServer:
     server = MCPServer("learning-mcp", title="learning-mcp: fine-tuning tools", version=__version__,
                        instructions=INSTRUCTIONS, lifespan=lifespan, subscriptions=False)
     reject_unknown_tools(server)
+    harden_tool_calls(server)
 
     # -- validate_dataset ------------------------------------------------------------------------------
     @server.tool(title="Validate an SFT dataset", annotations=READ_ONLY_LOCAL)

@@ -403,7 +403,7 @@ def _check_content_parts(
                         f"message {index} content part {part_index} is a text part without a string 'text'",
                     )
                 )
-        elif part_type in _IMAGE_PART_TYPES:
+        elif part_type.__class__ is str and part_type in _IMAGE_PART_TYPES:
             images += 1
             problem = _image_url_problem(_image_url_of(part))
             if problem is not None:
@@ -986,6 +986,10 @@ def _parse_line_stdlib(raw: bytes | memoryview) -> tuple[Any, tuple[str, str] | 
         return None, ("invalid_json", f"invalid JSON ({exc.msg})")
     except RecursionError:
         return None, ("invalid_json", "invalid JSON (nested too deeply)")
+    except ValueError as exc:  # e.g. an integer literal past sys.get_int_max_str_digits() (4,300 digits)
+        reason = ("an integer literal longer than 4300 digits" if "digits" in str(exc)
+                  else " ".join(str(exc).split())[:120])
+        return None, ("invalid_json", f"invalid JSON ({reason})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1300,10 +1304,14 @@ def _scan_lines(handle: Any, stop: int | None, options: _CheckOptions, example_l
             if failure is not None:
                 add_error(line_number, failure[0], failure[1])
                 continue
-            if is_plain(record, min_messages, require_assistant, tally):
-                continue
-            tally.line = line_number
-            problems = check(record, min_messages, require_assistant, max_images, tally)
+            try:
+                if is_plain(record, min_messages, require_assistant, tally):
+                    continue
+                tally.line = line_number
+                problems = check(record, min_messages, require_assistant, max_images, tally)
+            except RecursionError:  # a value nested ~1000 deep where the rules look inside (ids, arguments)
+                problems = [("nested_too_deeply", "a value in this record is nested too deeply to check (hundreds "
+                                                  "of levels of lists/objects); flatten it")]
             if problems:
                 for code, message in problems:
                     add_error(line_number, code, message)

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools.atomic import write_text_atomic
 from learning_mcp.tools.client import LearningAPIError, LearningClient
-from learning_mcp.tools.config_source import parse_toml, read_config_source
+from learning_mcp.tools.config_source import is_file as config_is_file
+from learning_mcp.tools.config_source import parse_toml, path_exists, read_config_source
 from learning_mcp.tools.errors import ToolFailure, api_failure
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
@@ -197,7 +198,8 @@ def loop_config_from(config: str | None, explicit: dict[str, Any]) -> LoopConfig
     if config:
         args, _ = parse_loop_toml(config)
     args.update({k: v for k, v in explicit.items() if v is not None})
-    if isinstance(args.get("tasks"), str) and not Path(args["tasks"]).expanduser().is_absolute():
+    if isinstance(args.get("tasks"), str) and "\x00" not in args["tasks"] \
+            and not Path(args["tasks"]).expanduser().is_absolute():
         args["tasks"] = str(Path(args["tasks"]).expanduser().resolve())
     try:
         return LoopConfig(**args)
@@ -539,8 +541,8 @@ def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None)
     Raises ToolFailure with what to fix, so run_sft_loop refuses a loop that could only fail later."""
     if cfg.tasks:
         path = Path(cfg.tasks)
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "not found"
+        if not config_is_file(path):
+            what = "is a directory" if path_exists(path) and path.is_dir() else "not found"
             raise ToolFailure("tasks_not_found", f"task file {what}: {path} (a JSONL with one problem per line: "
                                                  '{"id", "prompt" or "messages", "answer", "split"?})')
         try:
