@@ -27,7 +27,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from learning_mcp.tools.errors import LearningAPIError
+from learning_mcp.tools.errors import LearningAPIError, LearningMCPError
 from learning_mcp.tools.http import RetryPolicy, retry_after_s, retryable_status
 from learning_mcp.tools.records import STATUS_ALIASES as STATUS_ALIASES  # re-exported (Synth spellings)
 from learning_mcp.tools.records import Event, File, Job, Model, normalize_status
@@ -77,20 +77,37 @@ def _detail_of(response: httpx.Response, secrets: tuple | list = ()) -> tuple[st
     return redact(str(detail), list(secrets))[:1000], err.get("code"), err.get("param")
 
 
+class FileChangedError(LearningMCPError):
+    """The file being uploaded shrank while it was read (``file_changed``)."""
+
+
 class _CountingReader:
-    """A file wrapper that reports bytes read (httpx streams multipart bodies by calling ``read``)."""
+    """A file wrapper that reports bytes read (httpx streams multipart bodies by calling ``read``).
+
+    It sends exactly the ``total`` bytes the file had when the upload began: a file that grows while it is read
+    (a log still being written) is cut at that size, so the multipart body always matches its Content-Length;
+    one that shrinks raises :class:`FileChangedError`."""
 
     def __init__(self, fh, total: int, on_read: Callable[[int], None]):
         self._fh, self.total, self._on_read, self.done = fh, total, on_read, 0
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._fh.read(size if size and size > 0 else 1024 * 1024)
+        left = self.total - self.done
+        if left <= 0:
+            return b""
+        want = size if size and size > 0 else 1024 * 1024
+        chunk = self._fh.read(min(want, left))
+        if not chunk:
+            raise FileChangedError("file_changed", f"{self._fh.name} shrank while it was uploaded (read {self.done} "
+                                                   f"of {self.total} bytes); upload it again once nothing writes it")
         self.done += len(chunk)
         self._on_read(self.done)
         return chunk
 
-    def seek(self, *args):
-        return self._fh.seek(*args)
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:  # httpx measures the body this way: the size at the start, not now
+            return self._fh.seek(self.total + offset)
+        return self._fh.seek(offset, whence)
 
     def tell(self):
         return self._fh.tell()

@@ -1087,8 +1087,21 @@ class _ErrorLog:
 
 def _resolve_dataset_path(path: str | os.PathLike[str], *, allow_empty: bool = False) -> Path:
     """The absolute path of a readable (non-empty) dataset file, or a DatasetFileError that says why not."""
-    given = Path(os.fspath(path)).expanduser()
+    raw = os.fspath(path)
+    if "\x00" in raw:
+        raise DatasetFileError("invalid_path", f"Dataset path {raw[:200]!r} holds a NUL character (\\x00); no file "
+                                               "name can: pass the real path of a .jsonl file", raw[:200])
+    given = Path(raw).expanduser()
     resolved = given if given.is_absolute() else Path.cwd() / given
+    try:
+        return _check_dataset_file(resolved, given, allow_empty)
+    except OSError as exc:  # a name longer than the OS allows, a loop of symlinks, an unreadable folder ...
+        raise DatasetFileError("unreadable_path", f"Cannot read dataset {str(resolved)[:300]}: "
+                                                  f"{exc.strerror or exc}; pass the path of a readable .jsonl file",
+                               str(resolved)[:300]) from None
+
+
+def _check_dataset_file(resolved: Path, given: Path, allow_empty: bool) -> Path:
     where = (
         f" (relative paths resolve against the server's working directory {Path.cwd()}; pass an absolute path)"
         if not given.is_absolute()
@@ -1108,6 +1121,13 @@ def _resolve_dataset_path(path: str | os.PathLike[str], *, allow_empty: bool = F
         raise DatasetFileError(
             "is_directory",
             f"Dataset path is a directory, not a file: {resolved}; pass the path of a .jsonl file.{listing}",
+            str(resolved),
+        )
+    if not resolved.is_file():  # /dev/zero, a FIFO, a socket: no end, or no size to check against
+        raise DatasetFileError(
+            "not_a_regular_file",
+            f"Dataset path is not a regular file: {resolved} (a device, pipe or socket); write the data to a .jsonl "
+            "file and pass that path",
             str(resolved),
         )
     if not os.access(resolved, os.R_OK):

@@ -81,6 +81,9 @@ async def upload_dataset(client: LearningClient, path: str | os.PathLike, *, pur
                          max_images_per_message: int | None = None, progress: ProgressFn | None = None,
                          wait_ready_s: float = 10.0) -> UploadOutcome:
     """Validate (unless told not to), optionally cut to the first N records, stream-upload, wait for ready."""
+    if "\x00" in os.fspath(path):
+        raise ToolFailure("invalid_path", "the dataset path holds a NUL character (\\x00); pass the real path of a "
+                                          ".jsonl file")
     source = Path(path).expanduser()
     if not source.is_absolute():
         source = Path.cwd() / source
@@ -89,6 +92,9 @@ async def upload_dataset(client: LearningClient, path: str | os.PathLike, *, pur
     if not source.exists():
         raise ToolFailure("file_not_found", f"Dataset not found: {source} (relative paths resolve against the "
                                             f"server's working directory {Path.cwd()}; pass an absolute path)")
+    if not source.is_file():  # /dev/zero, a FIFO: an upload of it would never end
+        raise ToolFailure("not_a_regular_file", f"{source} is not a regular file (a device, pipe or socket); write "
+                                                "the data to a .jsonl file and upload that")
     warnings: list[str] = []
     subset_dir: Path | None = None
     upload_path = source
