@@ -120,10 +120,14 @@ class _CountingReader:
 class LearningClient:
     def __init__(self, target: Target, *, timeout_s: float = 30.0, upload_timeout_s: float = 300.0,
                  retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 extra_headers: Mapping[str, str] | None = None):
+                 extra_headers: Mapping[str, str] | None = None,
+                 reresolve: Callable[[], Awaitable[Target | None]] | None = None):
         """``extra_headers``: Synth's identity headers (the server passes ``Settings.identity_headers``; None:
-        read from the process environment, as Synth's SDK does)."""
+        read from the process environment, as Synth's SDK does). ``reresolve``: called when a request finds the
+        API unreachable (after its retries); it returns the target to use now (the embedded backend found again
+        or restarted, possibly on another port) or None, and the request is sent once more to it."""
         self.target = target
+        self._reresolve = reresolve
         self.retry = retry or RetryPolicy()
         self.upload_timeout_s = upload_timeout_s
         headers = {"accept": "application/json", "user-agent": "learning-mcp"}
@@ -173,7 +177,24 @@ class LearningClient:
             raise LearningAPIError(response.status_code, method, "/" + path, redact(detail, [self.target.api_key]),
                                    code=code, param=param, retry_after=retry_after_s(response.headers))
 
-        return await policy.call(once, retryable=_retryable, label=f"{method} /{path}")
+        try:
+            return await policy.call(once, retryable=_retryable, label=f"{method} /{path}")
+        except LearningAPIError as exc:
+            if not exc.unreachable or self._reresolve is None:
+                raise
+            target = await self._reresolve()
+            if target is None:
+                raise
+            self.retarget(target)
+            return await policy.call(once, retryable=_retryable, label=f"{method} /{path}")
+
+    def retarget(self, target: Target) -> None:
+        """Send the next requests to ``target`` (same key and headers handling)."""
+        if target.api_base != self.target.api_base:
+            self._http.base_url = httpx.URL(target.api_base + "/")
+        if target.api_key and target.api_key != self.target.api_key:
+            self._http.headers["Authorization"] = f"Bearer {target.api_key}"
+        self.target = target
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)

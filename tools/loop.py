@@ -87,6 +87,8 @@ class LoopConfig(BaseModel):
                                                                      "(path or text); default: a full fine-tune")
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="overrides merged into the payload")
     job_timeout_s: float = Field(7200, gt=0)
+    api_outage_s: float = Field(600, ge=0, description="while waiting on a training job, keep retrying reads "
+                                                       "through an API outage this long (seconds) before failing")
     # stopping
     early_stopping: bool = True
     patience: int = Field(1, ge=1)
@@ -500,7 +502,8 @@ class LoopRunner:
                 record.job_id = out.job_id
                 await self._changed(f"iteration {record.iteration}: training job {out.job_id} from {record.train_from}")
             job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s,
-                                             should_stop=lambda: (self.dir / "cancel").exists())
+                                             should_stop=lambda: (self.dir / "cancel").exists(),
+                                             outage_s=cfg.api_outage_s)
             self.check_cancel()
             record.job_status = job.status
             err_code = job.error.get("code") if isinstance(job.error, dict) else None
