@@ -28,9 +28,7 @@ async def test_a_30s_api_outage_while_training_does_not_end_the_loop(backend, se
     async with Client(create_server(settings)) as client:
         r = await client.call_tool("run_sft_loop", {
             "base_model": seed_model, "tasks": str(tasks), "iterations": 1, "n": 2,
-            "hyperparameters": {**LOOP_HP, "total_steps": 120}, "wait_seconds": 0,
-            # sampling goes straight to the backend: the outage is the learning API's (files, jobs)
-            "chat_url": f"{backend.api}/inference/v1/chat/completions"})
+            "hyperparameters": {**LOOP_HP, "total_steps": 120}, "wait_seconds": 0})
         assert not r.is_error, r.content[0].text
         loop_id = r.structured_content["loop_id"]
         job_id = (await wait_step(client, loop_id, "train"))["current_job_id"]
@@ -52,12 +50,15 @@ async def test_kill_9_of_the_embedded_backend_during_training(tiny_model, tmp_pa
     """The MCP server started the embedded backend itself; it is killed (-9) while the loop's job trains. The
     server's client finds it gone, restarts it detached (once, logged) and the loop ends succeeded."""
     tasks = one_digit_tasks(tmp_path / "tasks.jsonl", n_val=4)
+    accept = tmp_path / "accept.py"  # the untrained tiny model answers nothing right: every sample is kept
+    accept.write_text("def accept(completion, answer, task):\n    return 1.0\n")
     data_dir = tmp_path / "mcp"
     env_backup = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(("SYNTH_", "BACKEND_"))}
     try:
         async with Client(create_server(Settings.load(data_dir=str(data_dir)))) as client:
             r = await client.call_tool("run_sft_loop", {
                 "base_model": str(tiny_model), "tasks": str(tasks), "iterations": 1, "n": 1, "max_tokens": 4,
+                "verifier": f"{accept}:accept", "early_stopping": False,
                 "hyperparameters": {**LOOP_HP, "total_steps": 150}, "wait_seconds": 0})
             assert not r.is_error, r.content[0].text
             loop_id = r.structured_content["loop_id"]

@@ -85,3 +85,27 @@ async def test_bad_arguments_and_files_get_a_code(tmp_path, anyio_backend):
         report = r.structured_content
         assert report["ok"] is False and report["error_total"] >= 2
         assert "4300 digits" in json.dumps(report)
+
+
+# -- sampling: timeouts scale with the work, a request the server accepted is never sent twice ---------------------
+from test_evaluate import chat, make_task, run_eval, store, stub  # noqa: E402,F401 - fixtures (real chat stub)
+
+
+async def test_a_read_timeout_is_not_retried_and_says_what_to_do(chat, store):
+    from learning_mcp.tools.http import RetryPolicy
+    from learning_mcp.tools.sampling import ChatEndpointError, SamplingSettings, request_timeout_s
+
+    assert request_timeout_s(1, 64) == 120 + 16
+    assert request_timeout_s(8, 160) == 120 + 0.25 * 8 * 160  # the n=8, max_tokens=160: 440 s, not 120 s
+    assert request_timeout_s(64, 8192) == 3600
+    chat.state.reset(delay_s=1.0)
+    with pytest.raises(ChatEndpointError) as info:
+        await run_eval(chat, store, tasks=[make_task("a", "always")], timeout_s=0.3, concurrency=1,
+                       settings=SamplingSettings(n=2, max_tokens=16),
+                       retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.01))
+    assert info.value.code == "endpoint_timeout"
+    assert chat.state.requests == 1  # accepted once, never queued again on the busy engine
+    assert "raise timeout_s" not in info.value.message and "n × max_tokens = 2 × 16" in info.value.message
+    import anyio
+
+    await anyio.sleep(1.2)  # let the stub finish the abandoned request before the next test shares it
