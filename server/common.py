@@ -130,12 +130,15 @@ def clean_json(value: Any) -> Any:
 
 
 def _error_text(tool: str, text: str) -> str:
+    """``text`` when it already carries a ``[code]``; otherwise the SDK's prefix and a coded body."""
     body = _PREFIX.sub("", text, count=1).strip()
     if body.startswith("[") and "]" in body[:60]:
-        return body
+        return text
     if "validation error for" in body:
-        return _arguments_text(tool, body)
-    return internal_error_text(tool) if not body else internal_error_text(tool, RuntimeError(body))
+        coded = _arguments_text(tool, body)
+    else:
+        coded = internal_error_text(tool) if not body else internal_error_text(tool, RuntimeError(body))
+    return f"Error executing tool {tool}: {coded}"
 
 
 def harden_tool_calls(server: MCPServer) -> None:
