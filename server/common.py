@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -35,6 +36,7 @@ from pydantic import BaseModel
 
 from learning_mcp.tools.client import LearningAPIError
 from learning_mcp.tools.errors import LearningMCPError, api_failure, tool_text
+from learning_mcp.tools.settings import redact
 
 log = logging.getLogger("learning_mcp.server")
 
@@ -51,9 +53,16 @@ CANCELS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempoten
 _CURRENT_TOOL: contextvars.ContextVar[str] = contextvars.ContextVar("learning_mcp_tool", default="")
 
 
+def _secret_values() -> list[str]:
+    """Values of the environment's key-like variables (``*_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``):
+    an unexpected exception's text is redacted with them before an agent reads it."""
+    return [v for k, v in os.environ.items() if k.upper().endswith(("_KEY", "_TOKEN", "_SECRET", "_PASSWORD"))]
+
+
 def internal_error_text(tool: str, exc: BaseException | None = None) -> str:
     """``[internal_error] <tool>: …`` — what an agent reads for a bug (the traceback is on the server's stderr)."""
-    what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}" if exc is not None else "unexpected failure"
+    detail = redact(" ".join(str(exc).split()), _secret_values()) if exc is not None else ""
+    what = f"{type(exc).__name__}: {detail[:300]}" if exc is not None else "unexpected failure"
     return (f"[internal_error] {tool or 'the tool'}: {what}. This is a bug in learning-mcp, not in your input as far "
             "as it can tell; the traceback is in the server's log (stderr). Retry once; if it repeats, report it "
             "and use the diagnose tool to check the setup.")
@@ -62,9 +71,9 @@ def internal_error_text(tool: str, exc: BaseException | None = None) -> str:
 def _log_traceback(tool: str, exc: BaseException) -> None:
     """The traceback of an unexpected exception, on stderr (never stdout: it belongs to the protocol)."""
     try:
+        text = redact("".join(traceback.format_exception(exc)), _secret_values())
         sys.stderr.write(f"learning-mcp: internal error in tool {tool or '?'}:\n"
-                         + "".join(traceback.format_exception(exc)).encode("utf-8", "backslashreplace")
-                         .decode("utf-8"))
+                         + text.encode("utf-8", "backslashreplace").decode("utf-8"))
         sys.stderr.flush()
     except Exception:  # noqa: BLE001 - a closed stderr must not turn a bug into a crash
         pass
