@@ -30,7 +30,8 @@ from pydantic import Field
 from learning_mcp import __version__
 from learning_mcp.backend.launcher import BackendStartError, ensure_backend
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
-                                        png_image_content, reject_unknown_tools, result, state_of, tool_errors)
+                                        harden_tool_calls, png_image_content, reject_unknown_tools, result,
+                                        state_of, tool_errors)
 from learning_mcp.server.loop_tools import register_loop_tools
 from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
@@ -78,6 +79,8 @@ class AppState:
         self.tg = tg
         self._client: LearningClient | None = None
         self._lock = anyio.Lock()
+        self._reresolve_lock = anyio.Lock()
+        self._last_reresolve = float("-inf")
         self.loops = None  # set at start-up by learning_mcp.tools.loop_manager.attach_loops
         self.evals = None  # idem
 
@@ -88,8 +91,30 @@ class AppState:
                 if target is None:
                     target = await self._start_embedded_backend()
                     self.target = target
-                self._client = LearningClient(target, extra_headers=self.settings.identity_headers)
+                embedded = self.settings.target() is None
+                self._client = LearningClient(target, extra_headers=self.settings.identity_headers,
+                                              reresolve=self._reresolve_embedded if embedded else None)
             return self._client
+
+    async def _reresolve_embedded(self) -> Target | None:
+        """The embedded backend stopped answering: find it again, or restart it detached (``ensure_backend``
+        does either, under its file lock, so concurrent callers start one backend). Logged on stderr. Within
+        10 s of the last attempt the current target is returned as is: one restart per outage, not one per
+        request."""
+        async with self._reresolve_lock:
+            now = anyio.current_time()
+            if now - self._last_reresolve < 10.0:
+                return None
+            self._last_reresolve = now
+            old = self.target.api_base if self.target else "?"
+            try:
+                target = await self._start_embedded_backend()
+            except ToolFailure as exc:
+                log.error("the embedded backend at %s is gone and could not be restarted: %s", old, exc.message)
+                return None
+            log.warning("the embedded backend at %s did not answer; now using %s", old, target.api_base)
+            self.target = target
+            return target
 
     async def _start_embedded_backend(self) -> Target:
         try:
@@ -141,6 +166,7 @@ def create_server(settings: Settings | None = None) -> MCPServer:
     server = MCPServer("learning-mcp", title="learning-mcp: fine-tuning tools", version=__version__,
                        instructions=INSTRUCTIONS, lifespan=lifespan, subscriptions=False)
     reject_unknown_tools(server)
+    harden_tool_calls(server)
 
     # -- validate_dataset ------------------------------------------------------------------------------
     @server.tool(title="Validate an SFT dataset", annotations=READ_ONLY_LOCAL)

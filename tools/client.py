@@ -27,7 +27,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from learning_mcp.tools.errors import LearningAPIError
+from learning_mcp.tools.errors import LearningAPIError, LearningMCPError
 from learning_mcp.tools.http import RetryPolicy, retry_after_s, retryable_status
 from learning_mcp.tools.records import STATUS_ALIASES as STATUS_ALIASES  # re-exported (Synth spellings)
 from learning_mcp.tools.records import Event, File, Job, Model, normalize_status
@@ -77,20 +77,37 @@ def _detail_of(response: httpx.Response, secrets: tuple | list = ()) -> tuple[st
     return redact(str(detail), list(secrets))[:1000], err.get("code"), err.get("param")
 
 
+class FileChangedError(LearningMCPError):
+    """The file being uploaded shrank while it was read (``file_changed``)."""
+
+
 class _CountingReader:
-    """A file wrapper that reports bytes read (httpx streams multipart bodies by calling ``read``)."""
+    """A file wrapper that reports bytes read (httpx streams multipart bodies by calling ``read``).
+
+    It sends exactly the ``total`` bytes the file had when the upload began: a file that grows while it is read
+    (a log still being written) is cut at that size, so the multipart body always matches its Content-Length;
+    one that shrinks raises :class:`FileChangedError`."""
 
     def __init__(self, fh, total: int, on_read: Callable[[int], None]):
         self._fh, self.total, self._on_read, self.done = fh, total, on_read, 0
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._fh.read(size if size and size > 0 else 1024 * 1024)
+        left = self.total - self.done
+        if left <= 0:
+            return b""
+        want = size if size and size > 0 else 1024 * 1024
+        chunk = self._fh.read(min(want, left))
+        if not chunk:
+            raise FileChangedError("file_changed", f"{self._fh.name} shrank while it was uploaded (read {self.done} "
+                                                   f"of {self.total} bytes); upload it again once nothing writes it")
         self.done += len(chunk)
         self._on_read(self.done)
         return chunk
 
-    def seek(self, *args):
-        return self._fh.seek(*args)
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:  # httpx measures the body this way: the size at the start, not now
+            return self._fh.seek(self.total + offset)
+        return self._fh.seek(offset, whence)
 
     def tell(self):
         return self._fh.tell()
@@ -103,10 +120,14 @@ class _CountingReader:
 class LearningClient:
     def __init__(self, target: Target, *, timeout_s: float = 30.0, upload_timeout_s: float = 300.0,
                  retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 extra_headers: Mapping[str, str] | None = None):
+                 extra_headers: Mapping[str, str] | None = None,
+                 reresolve: Callable[[], Awaitable[Target | None]] | None = None):
         """``extra_headers``: Synth's identity headers (the server passes ``Settings.identity_headers``; None:
-        read from the process environment, as Synth's SDK does)."""
+        read from the process environment, as Synth's SDK does). ``reresolve``: called when a request finds the
+        API unreachable (after its retries); it returns the target to use now (the embedded backend found again
+        or restarted, possibly on another port) or None, and the request is sent once more to it."""
         self.target = target
+        self._reresolve = reresolve
         self.retry = retry or RetryPolicy()
         self.upload_timeout_s = upload_timeout_s
         headers = {"accept": "application/json", "user-agent": "learning-mcp"}
@@ -156,7 +177,24 @@ class LearningClient:
             raise LearningAPIError(response.status_code, method, "/" + path, redact(detail, [self.target.api_key]),
                                    code=code, param=param, retry_after=retry_after_s(response.headers))
 
-        return await policy.call(once, retryable=_retryable, label=f"{method} /{path}")
+        try:
+            return await policy.call(once, retryable=_retryable, label=f"{method} /{path}")
+        except LearningAPIError as exc:
+            if not exc.unreachable or self._reresolve is None:
+                raise
+            target = await self._reresolve()
+            if target is None:
+                raise
+            self.retarget(target)
+            return await policy.call(once, retryable=_retryable, label=f"{method} /{path}")
+
+    def retarget(self, target: Target) -> None:
+        """Send the next requests to ``target`` (same key and headers handling)."""
+        if target.api_base != self.target.api_base:
+            self._http.base_url = httpx.URL(target.api_base + "/")
+        if target.api_key and target.api_key != self.target.api_key:
+            self._http.headers["Authorization"] = f"Bearer {target.api_key}"
+        self.target = target
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)

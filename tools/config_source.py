@@ -41,8 +41,20 @@ def path_exists(path: Path) -> bool:
         return False
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()`` that treats unusable names (longer than the OS allows, NUL bytes) as no file."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_path(raw: str | os.PathLike[str], base_dir: Path) -> Path:
-    """``raw`` with ``~`` expanded, relative to ``base_dir``, resolved."""
+    """``raw`` with ``~`` expanded, relative to ``base_dir``, resolved. Raises :class:`ConfigSourceError`
+    ``invalid_argument`` when it holds a NUL character."""
+    if "\x00" in os.fspath(raw):  # os.stat/realpath raise ValueError on it
+        raise ConfigSourceError("invalid_argument", f"path {os.fspath(raw)[:200]!r} holds a NUL character (\\x00); no "
+                                                    "file name can: pass a real path")
     path = Path(raw).expanduser()
     return (path if path.is_absolute() else base_dir / path).resolve()
 
@@ -62,8 +74,14 @@ def looks_like_path(text: str, base_dir: Path) -> bool:
 
 
 def config_path(config: str | os.PathLike[str], *, cwd: str | os.PathLike[str] | None = None) -> Path | None:
-    """The file ``config`` names (resolved, not checked for existence), or ``None`` when it is TOML text."""
+    """The file ``config`` names (resolved, not checked for existence), or ``None`` when it is TOML text.
+    Raises :class:`ConfigSourceError` ``invalid_argument`` for a one-line string holding a NUL character (no
+    file name can hold one, and TOML forbids it outside escapes)."""
     base_dir = base_dir_of(cwd)
+    if isinstance(config, str) and "\x00" in config and "\n" not in config:
+        raise ConfigSourceError("invalid_argument", "config holds a NUL character (\\x00): pass the path of a .toml "
+                                                    "file or the TOML text itself, without NUL characters",
+                                param="config")
     if isinstance(config, os.PathLike):
         return resolve_path(config, base_dir)
     if looks_like_path(config, base_dir):
@@ -100,7 +118,7 @@ def read_config_source(config: str | os.PathLike[str], *, what: str = "config",
     path = config_path(config, cwd=cwd)
     if path is None:
         return ConfigSource(str(config), None)
-    if not path.is_file():
+    if not is_file(path):
         raise ConfigSourceError("config_not_found", f"{what} not found: {path}" if not path_exists(path) else
                                 f"{what} path is not a file: {path}", param="config")
     try:
@@ -109,10 +127,27 @@ def read_config_source(config: str | os.PathLike[str], *, what: str = "config",
         raise ConfigSourceError("invalid_toml", f"cannot read {what} {path}: {exc}", param="config") from None
 
 
+def toml_loads(text: str) -> dict[str, Any]:
+    """``tomllib.loads`` that fails only with ``tomllib.TOMLDecodeError``: also for arrays or inline tables nested
+    deeper than the interpreter's recursion limit (tomllib recurses; ~1,000 levels raise RecursionError) and for
+    an integer literal past ``sys.get_int_max_str_digits()`` (4,300 digits; ``int()`` raises ValueError)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("arrays or inline tables nested too deeply (hundreds of levels); flatten "
+                                      "them") from None
+    except ValueError as exc:
+        reason = ("an integer literal longer than 4300 digits" if "digits" in str(exc)
+                  else " ".join(str(exc).split())[:200])
+        raise tomllib.TOMLDecodeError(reason) from None
+
+
 def parse_toml(source: ConfigSource, *, what: str = "config") -> dict[str, Any]:
     """The TOML document of ``source``. Raises :class:`ConfigSourceError` ``invalid_toml``."""
     try:
-        return tomllib.loads(source.text)
+        return toml_loads(source.text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigSourceError("invalid_toml", f"{what} is not valid TOML ({source.label}): {exc}",
                                 param="config") from None

@@ -403,7 +403,7 @@ def _check_content_parts(
                         f"message {index} content part {part_index} is a text part without a string 'text'",
                     )
                 )
-        elif part_type in _IMAGE_PART_TYPES:
+        elif part_type.__class__ is str and part_type in _IMAGE_PART_TYPES:
             images += 1
             problem = _image_url_problem(_image_url_of(part))
             if problem is not None:
@@ -986,6 +986,10 @@ def _parse_line_stdlib(raw: bytes | memoryview) -> tuple[Any, tuple[str, str] | 
         return None, ("invalid_json", f"invalid JSON ({exc.msg})")
     except RecursionError:
         return None, ("invalid_json", "invalid JSON (nested too deeply)")
+    except ValueError as exc:  # e.g. an integer literal past sys.get_int_max_str_digits() (4,300 digits)
+        reason = ("an integer literal longer than 4300 digits" if "digits" in str(exc)
+                  else " ".join(str(exc).split())[:120])
+        return None, ("invalid_json", f"invalid JSON ({reason})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1083,8 +1087,21 @@ class _ErrorLog:
 
 def _resolve_dataset_path(path: str | os.PathLike[str], *, allow_empty: bool = False) -> Path:
     """The absolute path of a readable (non-empty) dataset file, or a DatasetFileError that says why not."""
-    given = Path(os.fspath(path)).expanduser()
+    raw = os.fspath(path)
+    if "\x00" in raw:
+        raise DatasetFileError("invalid_path", f"Dataset path {raw[:200]!r} holds a NUL character (\\x00); no file "
+                                               "name can: pass the real path of a .jsonl file", raw[:200])
+    given = Path(raw).expanduser()
     resolved = given if given.is_absolute() else Path.cwd() / given
+    try:
+        return _check_dataset_file(resolved, given, allow_empty)
+    except OSError as exc:  # a name longer than the OS allows, a loop of symlinks, an unreadable folder ...
+        raise DatasetFileError("unreadable_path", f"Cannot read dataset {str(resolved)[:300]}: "
+                                                  f"{exc.strerror or exc}; pass the path of a readable .jsonl file",
+                               str(resolved)[:300]) from None
+
+
+def _check_dataset_file(resolved: Path, given: Path, allow_empty: bool) -> Path:
     where = (
         f" (relative paths resolve against the server's working directory {Path.cwd()}; pass an absolute path)"
         if not given.is_absolute()
@@ -1104,6 +1121,13 @@ def _resolve_dataset_path(path: str | os.PathLike[str], *, allow_empty: bool = F
         raise DatasetFileError(
             "is_directory",
             f"Dataset path is a directory, not a file: {resolved}; pass the path of a .jsonl file.{listing}",
+            str(resolved),
+        )
+    if not resolved.is_file():  # /dev/zero, a FIFO, a socket: no end, or no size to check against
+        raise DatasetFileError(
+            "not_a_regular_file",
+            f"Dataset path is not a regular file: {resolved} (a device, pipe or socket); write the data to a .jsonl "
+            "file and pass that path",
             str(resolved),
         )
     if not os.access(resolved, os.R_OK):
@@ -1300,10 +1324,14 @@ def _scan_lines(handle: Any, stop: int | None, options: _CheckOptions, example_l
             if failure is not None:
                 add_error(line_number, failure[0], failure[1])
                 continue
-            if is_plain(record, min_messages, require_assistant, tally):
-                continue
-            tally.line = line_number
-            problems = check(record, min_messages, require_assistant, max_images, tally)
+            try:
+                if is_plain(record, min_messages, require_assistant, tally):
+                    continue
+                tally.line = line_number
+                problems = check(record, min_messages, require_assistant, max_images, tally)
+            except RecursionError:  # a value nested ~1000 deep where the rules look inside (ids, arguments)
+                problems = [("nested_too_deeply", "a value in this record is nested too deeply to check (hundreds "
+                                                  "of levels of lists/objects); flatten it")]
             if problems:
                 for code, message in problems:
                     add_error(line_number, code, message)

@@ -1,11 +1,19 @@
 """The ``filter_traces`` tool: pick the database (explicit, the loop's, or the server's), merge a Synth filter
 config with the call's overrides, run :func:`~learning_mcp.tools.filtering.filter_traces` in a worker thread and
-validate what it wrote."""
+validate what it wrote.
+
+It never deletes or empties a file it did not create in the same call (issue 10): the pipeline writes to a
+temporary file next to the output, which replaces the output only when at least one example was written (and
+only with ``overwrite=true`` when the output already exists); with no match the output is left exactly as it
+was and the temporary file, created by this call, is removed."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +68,13 @@ async def filter_traces_call(*, loops_root: Path, traces_db: Path, config: str |
         spec = FilterSpec(**base)
     except (FilterConfigError, TypeError, ValueError) as exc:
         raise ToolFailure("invalid_filter_config", str(exc)) from None
-    out_path = Path(spec.output)
+    out_path = Path(spec.output).expanduser().resolve()
     if out_path.exists() and not overwrite:
         raise ToolFailure("output_exists", f"{out_path} already exists; pass overwrite=true to replace it, or "
                                            "choose another output path")
+    if out_path.exists() and not out_path.is_file():
+        raise ToolFailure("output_exists", f"{out_path} exists and is not a regular file; choose another output path")
+    staged = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:12]}.filtering{out_path.suffix}")  # ours
 
     def work():
         try:
@@ -71,15 +82,20 @@ async def filter_traces_call(*, loops_root: Path, traces_db: Path, config: str |
         except sqlite3.DatabaseError as exc:
             raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
         try:
-            return run_filter(spec, store)
+            report = run_filter(dataclasses.replace(spec, output=str(staged)), store)
         except sqlite3.DatabaseError as exc:
             raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
         finally:
             store.close()
+        if report.counts.get("written"):
+            os.replace(staged, out_path)  # atomic; replaces an existing output only with overwrite=true (above)
+        message = (report.message or "").replace(str(staged), str(out_path))
+        return dataclasses.replace(report, output=str(out_path), message=message)
 
-    report = await anyio.to_thread.run_sync(work)
-    if not report.counts.get("written") and out_path.exists() and out_path.stat().st_size == 0:
-        out_path.unlink()  # nothing matched: leave no empty file behind
+    try:
+        report = await anyio.to_thread.run_sync(work)
+    finally:
+        staged.unlink(missing_ok=True)  # nothing matched (or a failure): only our own temporary file goes
     valid = False
     if report.counts.get("written"):
         valid = (await anyio.to_thread.run_sync(lambda: validate_dataset_file(report.output))).ok

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_jsonl_atomic
-from .config_source import config_path
+from .config_source import config_path, toml_loads
 from .errors import MessageError
 from .traces import TraceSample, TraceStore
 
@@ -291,7 +291,7 @@ def load_filter_config(config: str | dict | os.PathLike[str]) -> FilterSpec:
     else:
         raise FilterConfigError("invalid_filter_config", f"config must be a path, TOML text or a dict, not {config!r}")
     try:
-        parsed = tomllib.loads(text)
+        parsed = toml_loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FilterConfigError("config_parse_error", f"Failed to parse TOML '{source}': {exc}") from None
     table = parsed.get("filter")

@@ -153,7 +153,8 @@ async def _post_json(
     is_fatal: Callable[[int, str], bool] | None = None,
 ) -> tuple[Any, float]:
     """POST JSON, retrying transient failures. Returns ``(parsed JSON, seconds of the successful attempt)``.
-    Raises ``_RequestFailed`` (``attempts`` = how many were made)."""
+    Raises ``_RequestFailed`` (``attempts`` = how many were made). A read timeout is not retried: the server
+    accepted the request and may still be generating; a second copy would only pile work on it."""
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
 
     async def once(attempt: int) -> tuple[Any, float]:
@@ -162,7 +163,12 @@ async def _post_json(
             response = await client.post(url, json=body, headers=dict(headers), timeout=timeout)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise _RequestFailed("invalid_url", f"{type(exc).__name__}: {exc}") from exc
-        except httpx.TimeoutException as exc:
+        except httpx.ReadTimeout as exc:
+            # The server took the request and is still working on it (a generation): a retry would queue the same
+            # work again behind it on a busy engine, so a read timeout is final (issue 10).
+            raise _RequestFailed("timeout", f"{type(exc).__name__} after {timeout_s:g}s", attempts=attempt,
+                                 retryable=False) from None
+        except httpx.TimeoutException as exc:  # connect / write / pool: the request never reached the server
             raise _RequestFailed("timeout", f"{type(exc).__name__} after {timeout_s:g}s", attempts=attempt,
                                  retryable=True) from None
         except httpx.TransportError as exc:

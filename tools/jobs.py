@@ -8,6 +8,7 @@ Small pure helpers (status summaries, progress extraction, failure kinds) sit ne
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -17,14 +18,19 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
+from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, stop_any,
+                      wait_exponential)
 
 from learning_mcp.tools.client import (FILE_READY, TERMINAL_STATUSES, LearningAPIError, LearningClient, job_id_of,
                                        normalize_status)
 from learning_mcp.tools.dataset import DatasetFileError, validate_jsonl, write_head
 from learning_mcp.tools.errors import ToolFailure, api_failure
 from learning_mcp.tools.model_checks import preflight
+from learning_mcp.tools.http import retryable_status
 from learning_mcp.tools.records import Event, Job
 from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
+
+log = logging.getLogger("learning_mcp.tools.jobs")
 
 MAX_EVENTS_PER_CALL = 30
 MAX_EVENT_MESSAGE_CHARS = 300
@@ -82,6 +88,9 @@ async def upload_dataset(client: LearningClient, path: str | os.PathLike, *, pur
                          max_images_per_message: int | None = None, progress: ProgressFn | None = None,
                          wait_ready_s: float = 10.0) -> UploadOutcome:
     """Validate (unless told not to), optionally cut to the first N records, stream-upload, wait for ready."""
+    if "\x00" in os.fspath(path):
+        raise ToolFailure("invalid_path", "the dataset path holds a NUL character (\\x00); pass the real path of a "
+                                          ".jsonl file")
     source = Path(path).expanduser()
     if not source.is_absolute():
         source = Path.cwd() / source
@@ -90,6 +99,9 @@ async def upload_dataset(client: LearningClient, path: str | os.PathLike, *, pur
     if not source.exists():
         raise ToolFailure("file_not_found", f"Dataset not found: {source} (relative paths resolve against the "
                                             f"server's working directory {Path.cwd()}; pass an absolute path)")
+    if not source.is_file():  # /dev/zero, a FIFO: an upload of it would never end
+        raise ToolFailure("not_a_regular_file", f"{source} is not a regular file (a device, pipe or socket); write "
+                                                "the data to a .jsonl file and upload that")
     warnings: list[str] = []
     subset_dir: Path | None = None
     upload_path = source
@@ -369,14 +381,40 @@ async def job_status(client: LearningClient, job_id: str, *, since_seq: int = 0,
 
 
 async def wait_for_job(client: LearningClient, job_id: str, *, timeout_s: float, poll_s: float = 2.0,
-                       should_stop: Callable[[], bool] | None = None) -> Job:
-    """Poll until terminal (for the loop; tools use the bounded :func:`job_status`)."""
+                       should_stop: Callable[[], bool] | None = None, outage_s: float = 600.0,
+                       outage_max_wait_s: float = 30.0) -> Job:
+    """Poll until terminal (for the loop; tools use the bounded :func:`job_status`).
+
+    Durable through API outages (issue 10): a read that fails because the API is unreachable or answers a
+    retryable status (408, 429, 5xx) is retried — after the client's own short retries — with capped
+    exponential backoff (tenacity ``wait_exponential``, 1 s doubling to ``outage_max_wait_s``) for up to
+    ``outage_s`` seconds of continuous outage, re-attaching to the same ``job_id`` (nothing is created here, so
+    an outage can never duplicate a job). Each outage is logged once on stderr. ``should_stop`` ends the wait
+    early, outage or not. Raises ``LearningAPIError`` when the outage outlasts ``outage_s``, ``ToolFailure``
+    ``job_timeout`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
+
+    def stopping(_state: RetryCallState) -> bool:
+        return should_stop is not None and should_stop()
+
+    def before_sleep(state: RetryCallState) -> None:
+        if state.attempt_number == 1:
+            log.warning("job %s: the learning API is not answering (%s); retrying for up to %.0fs",
+                        job_id, state.outcome.exception() if state.outcome else "?", outage_s)
+
+    async def read(fn: Callable[[], Awaitable[Any]]) -> Any:
+        retrying = AsyncRetrying(retry=retry_if_exception(_outage), reraise=True, before_sleep=before_sleep,
+                                 wait=wait_exponential(multiplier=1, min=1, max=outage_max_wait_s),
+                                 stop=stop_any(stop_after_delay(outage_s), stopping))
+        async for attempt in retrying:
+            with attempt:
+                return await fn()
+
     while True:
-        record = await client.job(job_id)
+        record = await read(lambda: client.job(job_id))
         if record.status in TERMINAL_STATUSES:
             if not record.fine_tuned_model and record.status == "succeeded":
-                events = await client.events(job_id, since_seq=0, limit=1000)
+                events = await read(lambda: client.events(job_id, since_seq=0, limit=1000))
                 record.fine_tuned_model = fine_tuned_model_of(record, events)
             return record
         if time.monotonic() > deadline:
@@ -385,3 +423,8 @@ async def wait_for_job(client: LearningClient, job_id: str, *, timeout_s: float,
         if should_stop is not None and should_stop():
             return record
         await anyio.sleep(poll_s)
+
+
+def _outage(exc: BaseException) -> bool:
+    """A failure an outage explains: unreachable, or 408/429/5xx (the HTTP layer's retryable statuses)."""
+    return isinstance(exc, LearningAPIError) and (exc.status is None or retryable_status(exc.status))

@@ -36,7 +36,8 @@ from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools.atomic import write_bytes_atomic, write_text_atomic
 from learning_mcp.tools.charts import loop_chart_png
 from learning_mcp.tools.client import LearningAPIError, LearningClient
-from learning_mcp.tools.config_source import parse_toml, read_config_source
+from learning_mcp.tools.config_source import is_file as config_is_file
+from learning_mcp.tools.config_source import parse_toml, path_exists, read_config_source
 from learning_mcp.tools.errors import ToolFailure, api_failure
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
@@ -109,6 +110,8 @@ class LoopConfig(BaseModel):
                                        "ceil(mstep_epochs * kept / per_device_batch) steps (total_steps scaled to "
                                        "the kept samples) instead of the config's fixed total_steps")
     job_timeout_s: float = Field(7200, gt=0)
+    api_outage_s: float = Field(600, ge=0, description="while waiting on a training job, keep retrying reads "
+                                                       "through an API outage this long (seconds) before failing")
     # stopping
     early_stopping: bool = True
     patience: int = Field(1, ge=1)
@@ -312,7 +315,8 @@ def loop_config_with_sources(config: str | None, explicit: dict[str, Any]) -> tu
         args, _ = parse_loop_toml(config)
     file_args = dict(args)
     args.update({k: v for k, v in explicit.items() if v is not None})
-    if isinstance(args.get("tasks"), str) and not Path(args["tasks"]).expanduser().is_absolute():
+    if isinstance(args.get("tasks"), str) and "\x00" not in args["tasks"] \
+            and not Path(args["tasks"]).expanduser().is_absolute():
         args["tasks"] = str(Path(args["tasks"]).expanduser().resolve())
     try:
         cfg = LoopConfig(**args)
@@ -668,7 +672,8 @@ class LoopRunner:
                 record.job_id = out.job_id
                 await self._changed(f"iteration {record.iteration}: training job {out.job_id} from {record.train_from}")
             job = await job_ops.wait_for_job(self.client, record.job_id, timeout_s=cfg.job_timeout_s,
-                                             should_stop=lambda: (self.dir / "cancel").exists())
+                                             should_stop=lambda: (self.dir / "cancel").exists(),
+                                             outage_s=cfg.api_outage_s)
             self.check_cancel()
             record.job_status = job.status
             err_code = job.error.get("code") if isinstance(job.error, dict) else None
@@ -729,8 +734,8 @@ def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None)
     Raises ToolFailure with what to fix, so run_sft_loop refuses a loop that could only fail later."""
     if cfg.tasks:
         path = Path(cfg.tasks)
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "not found"
+        if not config_is_file(path):
+            what = "is a directory" if path_exists(path) and path.is_dir() else "not found"
             raise ToolFailure("tasks_not_found", f"task file {what}: {path} (a JSONL with one problem per line: "
                                                  '{"id", "prompt" or "messages", "answer", "split"?})')
         try:

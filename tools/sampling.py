@@ -204,6 +204,18 @@ class _Sample:
     seed: int | None
 
 
+REQUEST_BASE_S = 120.0  # the historical fixed limit: prompt processing, queueing, a model load
+REQUEST_PER_TOKEN_S = 0.25  # per token of n × max_tokens: a real-size model on a busy CPU (issue 10's figures)
+REQUEST_MAX_S = 3600.0
+
+
+def request_timeout_s(n: int, max_tokens: int) -> float:
+    """The read timeout of one chat-completions request asking ``n`` completions of up to ``max_tokens`` tokens:
+    ``120 s + 0.25 s × n × max_tokens``, at most an hour (n = 8, max_tokens = 160: 440 s; the issue measured a
+    Qwen3-0.6B-sized model on CPU needing more than 120 s for it). Seconds."""
+    return min(REQUEST_MAX_S, REQUEST_BASE_S + REQUEST_PER_TOKEN_S * max(1, n) * max(1, max_tokens))
+
+
 @dataclass
 class _ChatContext:
     client: httpx.AsyncClient
@@ -234,10 +246,13 @@ def _chat_error(failure: _RequestFailed, ctx: _ChatContext) -> ChatEndpointError
             url=url,
         )
     if failure.kind == "timeout":
+        n = 1 if ctx.greedy else ctx.settings.n
         return ChatEndpointError(
             "endpoint_timeout",
-            f"the chat endpoint {url} did not answer within {ctx.timeout_s:g}s {attempts}. The server may be "
-            "overloaded or max_tokens too large: raise timeout_s, lower concurrency or max_tokens.",
+            f"the chat endpoint {url} did not answer within {ctx.timeout_s:g}s {attempts} (the limit scales with "
+            f"n × max_tokens = {n} × {ctx.settings.max_tokens}; a request the server accepted is not sent again, "
+            "so no duplicate generation was queued). The server is too slow for this much generation: lower n or "
+            "max_tokens, or use a smaller model or a faster inference server (chat_url).",
             url=url,
         )
     if failure.kind == "bad_response":
@@ -389,7 +404,7 @@ async def evaluate(
     api_key: str | None = None,
     concurrency: int = 8,
     greedy: bool = False,
-    timeout_s: float = 120,
+    timeout_s: float | None = None,
     on_progress: ProgressCallback | None = None,
     client: httpx.AsyncClient | None = None,
     retry: RetryPolicy | None = None,
@@ -408,6 +423,8 @@ async def evaluate(
     scorer = _resolve_verifier(verifier)
     n = 1 if greedy else settings.n
     retry = retry or SAMPLER_RETRY
+    if timeout_s is None:
+        timeout_s = request_timeout_s(n, settings.max_tokens)
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

@@ -79,7 +79,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learning_mcp.tools import models_registry
-from learning_mcp.tools.config_source import config_path
+from learning_mcp.tools.config_source import config_path, toml_loads
 from learning_mcp.tools.config_source import path_exists as _exists
 from learning_mcp.tools.config_source import resolve_path as _resolve_path
 from learning_mcp.tools.errors import MessageError
@@ -324,7 +324,7 @@ def _base_dir(cwd: str | os.PathLike[str] | None) -> Path:
 
 def _parse_toml_text(text: str, label: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        return toml_loads(text)
     except tomllib.TOMLDecodeError as exc:
         reason = str(exc)
         position = _TOML_POSITION.search(reason)
@@ -476,7 +476,7 @@ def _precheck_algorithm(config: Mapping[str, Any]) -> None:
             hint='(SFT is offline: type = "offline", lower case)',
         )
     method = algorithm.get("method")
-    if method and method not in {"sft", "supervised_finetune"}:
+    if method and (not isinstance(method, str) or method not in {"sft", "supervised_finetune"}):
         raise ConfigError(
             "unsupported_algorithm",
             "[algorithm].method must be 'sft' or 'supervised_finetune'",
