@@ -22,9 +22,8 @@ import argparse
 import json
 import sys
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import anyio
 
@@ -161,22 +160,18 @@ def _exit_for(exc: LearningMCPError) -> int:
     return EXIT_USAGE
 
 
-@asynccontextmanager
-async def _app(settings: Settings) -> AsyncIterator[Any]:
-    """The MCP server's AppState (client, data dir, loops, evals) without the MCP server."""
-    from learning_mcp.server.app import AppState
-    from learning_mcp.tools.loop_manager import LoopManager
-    from learning_mcp.tools.eval_runs import EvalRuns
+def _app(settings: Settings):
+    """The MCP server's AppState (client, data dir, loops, evals) without the MCP server; unlike the server, a
+    command does not resume other unfinished loops."""
+    from learning_mcp.server.app import app_state
 
-    async with anyio.create_task_group() as tg:
-        state = AppState(settings, tg)
+    async def managers(state: Any) -> None:
+        from learning_mcp.tools.eval_runs import EvalRuns
+        from learning_mcp.tools.loop_manager import LoopManager
+
         state.loops, state.evals = LoopManager(state), EvalRuns(state)
-        try:
-            yield state
-        finally:
-            tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await state.aclose()
+
+    return app_state(settings, attach=managers)
 
 
 # ---------------------------------------------------------------------------------------------------------
