@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from learning_mcp import __version__
 from learning_mcp.commands import COMMANDS, add_commands
 from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.tools.errors import validation_problems
 from learning_mcp.tools.settings import Settings
 
 
@@ -119,7 +120,7 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     try:
         return Settings.load(args.env_file, backend_url=args.backend_url, data_dir=args.data_dir)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc.errors())
         sys.stderr.write(f"Error: invalid setting ({problems})\n")
         return None
 

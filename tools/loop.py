@@ -33,7 +33,7 @@ from learning_mcp.tools import jobs as job_ops
 from learning_mcp.tools.atomic import write_text_atomic
 from learning_mcp.tools.client import LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import parse_toml, read_config_source
-from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.errors import ToolFailure, api_failure, validation_problems
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
@@ -202,8 +202,7 @@ def loop_config_from(config: str | None, explicit: dict[str, Any]) -> LoopConfig
     try:
         return LoopConfig(**args)
     except ValidationError as exc:
-        problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"]
-                             for e in exc.errors())
+        problems = validation_problems(exc.errors())
         raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
                                                  "tasks (or a config TOML with [loop]).") from None
 
