@@ -31,6 +31,7 @@ from learning_mcp import __version__
 from learning_mcp.backend.launcher import BackendStartError, ensure_backend
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
                                         reject_unknown_tools, result, state_of, tool_errors)
+from learning_mcp.server.export_tools import register_export_tools
 from learning_mcp.server.loop_tools import register_loop_tools
 from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
@@ -362,6 +363,7 @@ def create_server(settings: Settings | None = None) -> MCPServer:
 
     register_resources(server, settings)
     register_loop_tools(server)
+    register_export_tools(server)
     return server
 
 

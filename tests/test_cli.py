@@ -138,3 +138,28 @@ def test_dry_run_creates_nothing(backend, tiny_model, dataset, reference_toml, t
     doc = last_json(done.stdout)
     assert doc["job_id"] is None and doc["payload"]["model"] == str(tiny_model)
     assert httpx.get(f"{backend.api}/learning/jobs", timeout=30).json() == before
+
+
+def test_export_model_tool(trained_job, backend, tmp_path):
+    """The MCP tool export_model runs the same export (tools/export_ops.py) through a real MCP client."""
+    import anyio
+    from mcp import Client
+
+    from learning_mcp.server.app import create_server
+    from learning_mcp.tools.settings import Settings
+
+    target = tmp_path / "tool-export"
+
+    async def call():
+        server = create_server(Settings.load(backend_url=backend.url, data_dir=str(tmp_path / "mcp-data")))
+        async with Client(server) as client:
+            ok = await client.call_tool("export_model", {"model": trained_job["fine_tuned_model"],
+                                                         "path": str(target)})
+            again = await client.call_tool("export_model", {"model": trained_job["fine_tuned_model"],
+                                                            "path": str(target)})
+            return ok, again
+
+    ok, again = anyio.run(call)
+    assert not ok.is_error and ok.structured_content["done"] and ok.structured_content["format"] == "merged"
+    assert (target / "config.json").is_file()
+    assert again.is_error  # never overwrites a non-empty folder
