@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from learning_mcp import __version__
 from learning_mcp.paths import data_dir as resolve_data_dir
 from learning_mcp.tools.atomic import write_text_atomic
+from learning_mcp.tools.errors import validation_problems
 from learning_mcp.tools.settings import LOCAL_KEY_ENV_VAR, Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def load_settings(env_files: list[str] | tuple[str, ...] = (), **overrides) -> S
     except FileNotFoundError as exc:
         raise BackendStartError(str(exc)) from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc.errors())
         raise BackendStartError(f"invalid setting: {problems}") from None
 
 

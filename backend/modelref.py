@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "learning_mcp_model.json"
 FINE_TUNED_PREFIXES = ("ft:", "fft:", "qft:", "rl:")
-LIST_MODELS_HINT = "list them with GET /api/learning/models"
+LIST_MODELS_HINT = ("call list_jobs: a succeeded job's fine_tuned_model is a model id "
+                    "(GET /api/learning/models lists them)")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _MAX_LORA_CHAIN = 8  # ft lora on ft lora on …: a cycle guard, not a practical limit

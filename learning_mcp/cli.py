@@ -4,6 +4,8 @@
 * ``learning-mcp --transport http --port 8000`` — serve MCP over streamable HTTP.
 * ``learning-mcp backend [--host H] [--port P] [--data-dir D]`` — run the embedded learning backend in the foreground.
 * ``learning-mcp tiny-model PATH [--size tiny|small|vl]`` — write a tiny offline model + tokenizer for tests and demos.
+* ``learning-mcp train | status | eval | filter | loop | export`` — Synth-style commands on the tools' code
+  (:mod:`learning_mcp.commands`: progress on stderr, ``--json`` on stdout, exit codes for scripts).
 
 Logging goes to stderr, configured before anything heavy is imported: on stdio, stdout belongs to the protocol.
 """
@@ -18,7 +20,9 @@ from pathlib import Path
 from pydantic import SecretStr, ValidationError
 
 from learning_mcp import __version__
+from learning_mcp.commands import COMMANDS, add_commands
 from learning_mcp.paths import data_dir as resolve_data_dir
+from learning_mcp.tools.errors import validation_problems
 from learning_mcp.tools.settings import Settings
 
 
@@ -69,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="tiny: ~27k parameters (plumbing tests); small: ~140k (learns arithmetic); "
                            "vl: a ~41k-parameter LLaVA-style vision-language model + processor")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: %(default)s)")
+    add_commands(sub)
     return parser
 
 
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
+    if args.command in COMMANDS:
+        from learning_mcp.commands import run_command
+
+        return run_command(args, settings)
     if args.command == "backend":
         from learning_mcp.backend.launcher import backend_status, serve, stop_backend
 
@@ -116,7 +125,7 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     try:
         return Settings.load(args.env_file, backend_url=args.backend_url, data_dir=args.data_dir)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc.errors())
         sys.stderr.write(f"Error: invalid setting ({problems})\n")
         return None
 

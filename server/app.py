@@ -32,6 +32,7 @@ from learning_mcp.backend.launcher import BackendStartError, ensure_backend
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
                                         harden_tool_calls, png_image_content, reject_unknown_tools, result,
                                         state_of, tool_errors)
+from learning_mcp.server.export_tools import register_export_tools
 from learning_mcp.server.loop_tools import register_loop_tools
 from learning_mcp.server.models import (CancelResult, CreateJobResult, DatasetIssueModel, DiagnoseResult, JobEvent,
                                         JobListResult, JobProgress, JobStatusResult, JobSummary, UploadResult,
@@ -131,6 +132,21 @@ class AppState:
             await self._client.aclose()
 
 
+@asynccontextmanager
+async def app_state(settings: Settings, *, attach=attach_loops) -> AsyncIterator[AppState]:
+    """An :class:`AppState` with its task group, for the server's lifespan and the CLI (learning_mcp/commands.py);
+    ``attach(state)`` adds the loop and eval managers (the server's also resumes unfinished loops)."""
+    async with anyio.create_task_group() as tg:
+        state = AppState(settings, tg)
+        await attach(state)
+        try:
+            yield state
+        finally:
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await state.aclose()
+
+
 def status_next_step(status: str, fine_tuned_model: str | None, job_id: str) -> str:
     if status == "succeeded":
         return (f"Done. Use fine_tuned_model {fine_tuned_model!r} as a model id (chat with it, evaluate it, or pass "
@@ -153,15 +169,8 @@ def create_server(settings: Settings | None = None) -> MCPServer:
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
-        async with anyio.create_task_group() as tg:
-            state = AppState(settings, tg)
-            await attach_loops(state)
-            try:
-                yield state
-            finally:
-                tg.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await state.aclose()
+        async with app_state(settings) as state:
+            yield state
 
     server = MCPServer("learning-mcp", title="learning-mcp: fine-tuning tools", version=__version__,
                        instructions=INSTRUCTIONS, lifespan=lifespan, subscriptions=False)
@@ -418,6 +427,7 @@ def create_server(settings: Settings | None = None) -> MCPServer:
 
     register_resources(server, settings)
     register_loop_tools(server)
+    register_export_tools(server)
     return server
 
 

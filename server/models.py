@@ -47,7 +47,7 @@ class CreateJobResult(BaseModel):
     model: str
     training_file_id: str | None
     validation_file_id: str | None
-    payload: dict[str, Any] = Field(description="exactly the JSON body that was sent to POST /learning/jobs")
+    payload: dict[str, Any] = Field(description="exactly the JSON body create_job sent to the learning API (POST /learning/jobs)")
     warnings: list[str]
     dropped_keys: list[str] = Field(description="TOML keys Synth's own CLI would drop (we forward or report them)")
     dry_run: bool = False

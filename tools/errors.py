@@ -106,3 +106,19 @@ def api_failure(exc: Exception, *, action: str, hint: str = "") -> ToolFailure:
     param = f" (field: {exc.param})" if exc.param else ""
     return ToolFailure(code, f"{action} failed: HTTP {exc.status}: {exc.detail}{param}. {hint}".strip(),
                        param=exc.param)
+
+
+PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def validation_problems(errors: list[Any]) -> str:
+    """pydantic's ``ValidationError.errors()`` as ``"field.path: message; …"``, without the library's "Value
+    error," / "Assertion failed," prefixes (a validator's own message is what the reader needs)."""
+    parts = []
+    for error in errors:
+        message = str(error.get("msg", "invalid value"))
+        for prefix in PYDANTIC_PREFIXES:
+            message = message.removeprefix(prefix)
+        loc = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(parts)

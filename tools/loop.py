@@ -38,7 +38,7 @@ from learning_mcp.tools.charts import loop_chart_png
 from learning_mcp.tools.client import LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import is_file as config_is_file
 from learning_mcp.tools.config_source import parse_toml, path_exists, read_config_source
-from learning_mcp.tools.errors import ToolFailure, api_failure
+from learning_mcp.tools.errors import ToolFailure, api_failure, validation_problems
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
@@ -321,8 +321,7 @@ def loop_config_with_sources(config: str | None, explicit: dict[str, Any]) -> tu
     try:
         cfg = LoopConfig(**args)
     except ValidationError as exc:
-        problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"]
-                             for e in exc.errors())
+        problems = validation_problems(exc.errors())
         raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
                                                  "tasks (or a config TOML with [loop]).") from None
     return cfg, resolve_config(cfg, file_args, explicit)

@@ -42,7 +42,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, P
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from learning_mcp.tools.errors import LearningMCPError
+from learning_mcp.tools.errors import LearningMCPError, validation_problems
 
 __all__ = [
     "BATCH_KEYS",
@@ -107,7 +107,8 @@ def error_from_details(errors: list[Any], *, strip: tuple[str, ...] = ("body",))
     if first.get("type") == _CONTRACT_ERROR and "message" in ctx:
         return ContractError(str(ctx["message"]), param=ctx.get("param"), status=int(ctx.get("status", 400)))
     param = ".".join(str(part) for part in first.get("loc", ()) if part not in strip) or None
-    return ContractError(f"{param or 'request'}: {first.get('msg', 'invalid value')}", param=param)
+    return ContractError(f"{param or 'request'}: {validation_problems([{'msg': first.get('msg', 'invalid value')}])}",
+                         param=param)
 
 
 def _is_int(value: Any) -> bool:
@@ -427,7 +428,8 @@ class SFTJobPayload(_Open):
         data["training_type"] = training_type.lower()
         file_id = data.get("training_file_id") or data.get("training_file")
         if not isinstance(file_id, str) or not file_id:
-            raise contract_failure("training_file_id is required: upload the dataset to /api/learning/files first",
+            raise contract_failure("training_file_id is required: upload the dataset with upload_file(path=...) "
+                                   "(POST /api/learning/files) first",
                                    "training_file_id")
         data["training_file_id"] = file_id
         metadata = _nested(JobMetadata, data.get("metadata"))

@@ -77,20 +77,20 @@ def list_files(backend: BackendDep, purpose: str | None = None, limit: int = Que
 def get_file(file_id: str, backend: BackendDep) -> dict:
     record = backend.store.get_file(file_id)
     if record is None:
-        raise not_found("file", file_id, "upload it with POST /api/learning/files")
+        raise not_found("file", file_id, "upload the dataset with upload_file(path=...) (POST /api/learning/files)")
     return record
 
 
 @router.delete("/{file_id}")
 def delete_file(file_id: str, backend: BackendDep) -> dict:
     if backend.store.delete_file(file_id) is None:
-        raise not_found("file", file_id, "list files with GET /api/files")
+        raise not_found("file", file_id, "upload_file returns the file ids (GET /api/files lists them)")
     return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.get("/{file_id}/jobs")
 def file_jobs(file_id: str, backend: BackendDep, limit: int = Query(100, ge=1, le=1000)) -> dict:
     if backend.store.get_file(file_id) is None:
-        raise not_found("file", file_id, "list files with GET /api/files")
+        raise not_found("file", file_id, "upload_file returns the file ids (GET /api/files lists them)")
     jobs = [public_job(j) for j in backend.store.jobs_using_file(file_id, limit)]
     return {"object": "list", "data": jobs, "jobs": jobs}

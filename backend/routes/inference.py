@@ -1,20 +1,32 @@
-"""Inference: OpenAI chat completions for base and ``ft:`` models (``learning-api.md`` §3.10).
+"""Inference: OpenAI chat completions and the model list for base and ``ft:`` models (``learning-api.md`` §3.10).
 
-Mounted at ``/api/inference/v1`` (in the spec) and at ``/api/v1`` and ``/v1`` (aliases OpenAI-style clients use).
+Mounted at ``/api/inference/v1`` (in the spec) and at ``/api/v1`` and ``/v1`` (aliases OpenAI-style clients use:
+``OpenAI(base_url="http://127.0.0.1:8765/v1", api_key=<backend key or any string>)``).
 :class:`ChatCompletionRequest` publishes the body's schema; the engine's :func:`parse_chat_request` stays the one
 place that checks it (its errors name the field, 400 for a bad value, 422 for a wrong type), so the model declares
 types for the spec without validating them (``SkipValidation``). The route is ``async``: the engine batches
 concurrent requests on the event loop; creating the engine (importing torch) runs in a worker thread.
+
+``stream=true`` answers ``text/event-stream`` in OpenAI's format: ``data: {chat.completion.chunk}`` lines (a role
+delta, content deltas, a ``finish_reason`` chunk per choice, a usage chunk when ``stream_options.include_usage``)
+and ``data: [DONE]``. The engine batches whole generations, so the completion is generated first and then sent as
+chunks: a bad request still gets a normal JSON error with its status, and the chunks arrive together at the end of
+generation rather than token by token.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import re
+from typing import Any, AsyncIterator
 
 import anyio
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
+from learning_mcp.backend.inference import InferenceError
+from learning_mcp.backend.routes.models import openai_model_list
 from learning_mcp.backend.state import BackendDep
 
 router = APIRouter(tags=["inference"])
@@ -29,7 +41,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """An OpenAI chat-completions body. Unknown fields are accepted and ignored; ``stream`` must be false."""
+    """An OpenAI chat-completions body. Unknown fields are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["model", "messages"]})
 
@@ -44,14 +56,67 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: SkipValidation[int | None] = Field(None, description="alias of max_tokens")
     stop: SkipValidation[str | list[str] | None] = Field(None, description="up to 16 stop strings")
     seed: SkipValidation[int | None] = None
-    stream: SkipValidation[bool | None] = Field(None, description="must be false or absent")
+    stream: SkipValidation[bool | None] = Field(None, description="true: server-sent chat.completion.chunk events, "
+                                                                  "then data: [DONE]")
+    stream_options: SkipValidation[dict[str, Any] | None] = Field(
+        None, description="with stream: {\"include_usage\": true} adds a final usage chunk")
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: ChatCompletionRequest, backend: BackendDep, raw: Request) -> dict:
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: ChatCompletionRequest, backend: BackendDep,
+                           raw: Request) -> dict | StreamingResponse:
     body = {name: getattr(request, name) for name in request.model_fields_set}
     body.update(request.model_extra or {})
+    stream = body.pop("stream", None)
+    stream_options = body.pop("stream_options", None)
+    if stream not in (None, False, True):
+        raise InferenceError(422, "invalid_type", "stream must be true or false", "stream")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise InferenceError(422, "invalid_type", "stream_options must be an object, e.g. {\"include_usage\": true}",
+                             "stream_options")
     backend.guard_model(body.get("model"), raw)  # local paths outside the data dir: only with the key
     engine = await anyio.to_thread.run_sync(backend.engine)
     # a caller that disconnects (or times out) leaves the queue and its rows stop decoding
-    return await engine.chat_completion(body, is_disconnected=raw.is_disconnected)
+    completion = await engine.chat_completion(body, is_disconnected=raw.is_disconnected)
+    if not stream:
+        return completion
+    include_usage = bool((stream_options or {}).get("include_usage"))
+    return StreamingResponse(_sse(completion_chunks(completion, include_usage=include_usage)),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/models")
+def list_models(backend: BackendDep) -> dict:
+    """OpenAI's model list: the fine-tuned models this backend trained (``ft:`` ids), their base models, and the
+    base models of every job and loaded model it knows (``owned_by``: ``learning-mcp`` / ``base``)."""
+    return {"object": "list", "data": openai_model_list(backend)}
+
+
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+
+def completion_chunks(completion: dict, *, include_usage: bool = False) -> list[dict]:
+    """A ``chat.completion`` dict as OpenAI's ``chat.completion.chunk`` sequence (without ``[DONE]``): per choice a
+    role delta, content deltas (word by word), then a chunk with ``finish_reason``; a usage chunk last when asked."""
+    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+            "model": completion["model"], "system_fingerprint": None}
+    chunks: list[dict] = []
+    for choice in completion["choices"]:
+        index = choice["index"]
+        text = choice["message"].get("content") or ""
+
+        def chunk(delta: dict, finish: str | None = None) -> dict:
+            return {**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        chunks.append(chunk({"role": "assistant", "content": ""}))
+        chunks.extend(chunk({"content": piece}) for piece in _PIECE.findall(text))
+        chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": completion.get("usage")})
+    return chunks
+
+
+async def _sse(chunks: list[dict]) -> AsyncIterator[bytes]:
+    for item in chunks:
+        yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode()
+    yield b"data: [DONE]\n\n"

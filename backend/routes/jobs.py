@@ -32,7 +32,7 @@ TERMINAL_EVENT_TYPES = frozenset({"sft.job.completed", "sft.job.failed", "sft.jo
 def _job_or_404(backend: Backend, job_id: str) -> dict:
     job = backend.store.get_job(job_id)
     if job is None:
-        raise not_found("job", job_id, "list jobs with GET /api/learning/jobs")
+        raise not_found("job", job_id, "call list_jobs for the job ids (GET /api/learning/jobs)")
     return job
 
 
@@ -43,8 +43,8 @@ def _check_files(backend: Backend, spec: SFTJobPayload) -> None:
         record = backend.store.get_file(file_id)
         if record is None:
             raise APIError(400, "file_not_found",
-                           f"{param} {file_id!r} does not exist on this backend; upload it with "
-                           "POST /api/learning/files and use the returned id", param=param)
+                           f"{param} {file_id!r} does not exist on this backend; upload the dataset with "
+                           "upload_file(path=...) (POST /api/learning/files) and pass the returned file_id", param=param)
         if record["status"] == "error":
             details = record.get("status_details") or {}
             raise APIError(400, "invalid_file",
