@@ -359,7 +359,6 @@ class InferenceEngine:
             raise ValueError("max_batch_size and max_loaded_models must be >= 1")
         # the operator's settings (Settings.inference_memory_mb / inference_idle_unload_s), passed by backend/state.py
         memory_budget_mb = 0 if memory_budget_mb is None else memory_budget_mb
-        self.memory_budget_bytes = max(0, int(memory_budget_mb)) * 2**20  # 0: no byte budget (lost in the integ2 merge)
         idle_unload_s = 600.0 if idle_unload_s is None else idle_unload_s
         self.memory_budget_bytes = max(0, int(memory_budget_mb)) * 2**20  # 0: no byte budget
         self.idle_unload_s = max(0.0, float(idle_unload_s))  # 0: never unload idle models
