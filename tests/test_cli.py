@@ -163,3 +163,20 @@ def test_export_model_tool(trained_job, backend, tmp_path):
     assert not ok.is_error and ok.structured_content["done"] and ok.structured_content["format"] == "merged"
     assert (target / "config.json").is_file()
     assert again.is_error  # never overwrites a non-empty folder
+
+
+def test_eval_then_filter(backend, tiny_model, tmp_path):
+    """eval scores a model on a task file through the backend's chat endpoint; filter reads the same traces."""
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": f"p{i}", "prompt": f"{i}+1=?", "answer": str(i + 1)}
+                                                   for i in range(3)])
+    done = cli(backend, tmp_path, "eval", "--model", str(tiny_model), "--tasks", str(tasks), "--max-tokens", "4",
+               "--json")
+    assert done.returncode == 0, done.stderr
+    doc = last_json(done.stdout)
+    assert doc["state"] == "succeeded" and doc["problems"] == 3 and doc["samples"] == 3
+    assert 0.0 <= doc["pass_at_1"] <= 1.0
+    kept = cli(backend, tmp_path, "filter", "--run-id", doc["eval_id"], "--output", str(tmp_path / "kept.jsonl"),
+               "--json")
+    out = last_json(kept.stdout)
+    assert kept.returncode == (0 if out["written"] else 1)
+    assert out["counts"] and out["written"] == round(doc["pass_at_1"] * 3)
