@@ -3,8 +3,10 @@
 The worker process calls :func:`run_training` with a :class:`TrainRequest` built from a job's payload
 (learning-api.md §3.3) and a :class:`Reporter` that writes events and metric points to the job store.
 The layout follows TRL's example trainer scripts: config mapping in small pure functions
-(:func:`select_strategy`, :func:`build_sft_config`, :func:`build_lora_config`), data preparation
-(:func:`load_jsonl_records`, :func:`tokenize_example`), then one function that wires them together.
+(:mod:`.trainer_config`: :func:`select_strategy`, :func:`build_sft_config`, :func:`build_lora_config`), data
+preparation (here, over :mod:`.chat_template`: :func:`load_jsonl_records`, :func:`tokenize_example`), the Trainer
+callback (:mod:`.callbacks`), then one function that wires them together (:func:`run_training`). Every name of the
+split-out modules is re-exported here.
 
 Data and loss masking
     Rows are conversational (``messages``, optional ``tools``; ``metadata`` is dropped). We tokenise
@@ -37,7 +39,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -45,12 +46,9 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Protocol
 
-from learning_mcp.tools.errors import LearningMCPError
-from learning_mcp.tools.sft_config import REPORT_TO_PARAM, parse_report_to
-from learning_mcp.tools.sft_contract import ContractError, SFTHyperparameters, parse_hyperparameters, training_strategy
+from learning_mcp.tools.sft_contract import SFTHyperparameters
 
 from .chat_template import (
     METHOD_FALLBACK,
@@ -82,17 +80,26 @@ from .modelref import (
     write_manifest,
 )
 from .lora import TargetModulesError, check_target_modules, inventory_of
+from .callbacks import _CancelRequested, _make_callback
+from .trainer_config import (  # noqa: F401  (the config mapping; re-exported: tests and preview import it from here)
+    DEFAULT_LR_FULL,
+    DEFAULT_CHECKPOINTS_KEPT,
+    DEFAULT_LR_LORA,
+    DEFAULT_MAX_PER_DEVICE_BATCH,
+    DEFAULT_LORA,
+    MAX_LOGGED_POINTS,
+    _hyperparameters,
+    _truthy,
+    report_to_setting,
+    select_strategy,
+    estimate_total_steps,
+    build_sft_config,
+    build_lora_config,
+)
 from .vision import VisionJob
-from .tracking import INSTALL_HINTS, missing_packages
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LR_FULL = 2e-5
-DEFAULT_CHECKPOINTS_KEPT = 2  # save_total_limit when save_steps is set
-DEFAULT_LR_LORA = 2e-4
-DEFAULT_MAX_PER_DEVICE_BATCH = 8
-DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
-MAX_LOGGED_POINTS = 50  # logging_steps = max(1, total_steps // 50)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,171 +147,6 @@ class TrainResult:
     examples: int = 0
     trainable_tokens: int = 0  # supervised (label) tokens in one pass over the training set
     tokens_per_second: float | None = None
-
-
-# --------------------------------------------------------------------------------------------------
-# hyperparameter mapping (pure functions)
-# --------------------------------------------------------------------------------------------------
-
-
-def _hyperparameters(hparams: dict | SFTHyperparameters | None) -> SFTHyperparameters:
-    """``hparams`` validated by the SFT contract (:mod:`learning_mcp.tools.sft_contract`, where every limit lives),
-    or a TrainingError ``invalid_hyperparameters`` naming the key. The backend checked the same contract when the
-    job was created, so this fails only for callers that bypass it."""
-    try:
-        return parse_hyperparameters(hparams)
-    except ContractError as exc:
-        raise TrainingError("invalid_hyperparameters", exc.message, exc.param) from None
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def report_to_setting(hparams: Mapping[str, Any] | SFTHyperparameters | None) -> str | list[str]:
-    """``SFTConfig.report_to`` for a job's ``hyperparameters``: ``"none"`` or a list of installed integrations.
-
-    Raises the trainer's ``TrainingError`` (``invalid_hyperparameters`` or ``tracking_unavailable``, param
-    ``hyperparameters.report_to``) for an unknown name or a package that is not installed.
-    """
-    try:
-        raw = hparams.extra("report_to") if isinstance(hparams, SFTHyperparameters) else (hparams or {}).get("report_to")
-        integrations = parse_report_to(raw)
-    except ValueError as exc:
-        raise TrainingError("invalid_hyperparameters", f"hyperparameters.{exc}", REPORT_TO_PARAM) from None
-    missing = missing_packages(integrations)
-    if missing:
-        hints = "; ".join(INSTALL_HINTS.get(name, f"pip install {name}") for name in missing)
-        raise TrainingError("tracking_unavailable", f"report_to asks for {', '.join(missing)}, which is not installed "
-                            f"where the backend runs; install it ({hints}) and restart the backend, or remove "
-                            "report_to from the [training] section", REPORT_TO_PARAM)
-    return integrations or "none"
-
-
-def select_strategy(hparams: dict | SFTHyperparameters, effective_config: dict) -> tuple[str, bool]:
-    """``("full" | "lora", qlora_requested)``: the contract's rule (:func:`~learning_mcp.tools.sft_contract.
-    training_strategy`), with invalid hyperparameters as a TrainingError."""
-    try:
-        return training_strategy(hparams, effective_config)
-    except ContractError as exc:
-        raise TrainingError("invalid_hyperparameters", exc.message, exc.param) from None
-
-
-def estimate_total_steps(n_examples: int, per_device_batch: int, grad_accum: int, epochs: float,
-                         max_steps: int | None) -> int:
-    """Optimizer steps the HF Trainer will run (its own formula for a map-style dataset)."""
-    if max_steps:
-        return max_steps
-    batches_per_epoch = max(1, math.ceil(n_examples / per_device_batch))
-    steps_per_epoch = max(1, batches_per_epoch // grad_accum + int(batches_per_epoch % grad_accum > 0))
-    return max(1, math.ceil(epochs * steps_per_epoch))
-
-
-def build_sft_config(hparams: dict | SFTHyperparameters, n_examples: int, device: str, *, kind: str = "full",
-                     has_eval: bool = False, output_dir: str | Path = "sft-output", seed: int = 0,
-                     model_max_length: int | None = None, bf16_supported: bool = False) -> dict[str, Any]:
-    """Map Synth ``hyperparameters`` onto ``SFTConfig`` keyword arguments (training-notes §7.5).
-
-    Pure: no torch. ``device`` is ``"cpu"`` or ``"cuda"``; ``kind`` picks the default learning rate. Raises
-    TrainingError ``invalid_hyperparameters`` for values the SFT contract refuses.
-    """
-    hp = _hyperparameters(hparams)
-    parallelism = hp.parallelism or {}
-    max_steps = hp.step_limit
-    per_device, grad_accum = hp.per_device_batch, hp.gradient_accumulation_steps
-    global_batch = hp.global_batch or hp.batch_size
-    if per_device is None:
-        per_device = max(1, min(DEFAULT_MAX_PER_DEVICE_BATCH, n_examples, global_batch or n_examples))
-    if grad_accum is None:
-        grad_accum = max(1, round(global_batch / per_device)) if global_batch else 1
-        if global_batch and global_batch % per_device:
-            logger.info("global batch %d is not a multiple of per_device_batch %d; using %d accumulation steps",
-                        global_batch, per_device, grad_accum)
-
-    max_length = hp.sequence_length or hp.max_length or 1024
-    if model_max_length:
-        max_length = min(max_length, model_max_length)
-    learning_rate = hp.learning_rate or (DEFAULT_LR_LORA if kind == "lora" else DEFAULT_LR_FULL)
-    total_steps = estimate_total_steps(n_examples, per_device, grad_accum, hp.n_epochs or 1.0, max_steps)
-    on_gpu = device.startswith("cuda")
-    fp16 = on_gpu and _truthy(parallelism.get("fp16"))
-    bf16 = on_gpu and not fp16 and bf16_supported and parallelism.get("bf16") is not False
-
-    config: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "num_train_epochs": float(hp.n_epochs) if hp.n_epochs is not None else 1.0,
-        "max_steps": max_steps if max_steps is not None else -1,
-        "per_device_train_batch_size": per_device,
-        "per_device_eval_batch_size": per_device,
-        "gradient_accumulation_steps": grad_accum,
-        "max_length": max_length,
-        "learning_rate": learning_rate,
-        "lr_scheduler_type": hp.lr_scheduler_type or hp.lr_scheduler or "linear",
-        # transformers 5 dropped `warmup_ratio`; a float in [0, 1) passed as warmup_steps is a ratio
-        "warmup_steps": hp.warmup_steps if hp.warmup_steps is not None else min(hp.warmup_ratio or 0.0, 0.999),
-        "weight_decay": hp.weight_decay or 0.0,
-        "logging_strategy": "steps",
-        "logging_steps": max(1, total_steps // MAX_LOGGED_POINTS),
-        "logging_first_step": True,
-        "save_strategy": "no",
-        "report_to": report_to_setting(hparams),  # [training] report_to, see tracking.py
-        "seed": seed,
-        "data_seed": seed,
-        "packing": False,
-        "assistant_only_loss": False,  # labels are built by tokenize_example (assistant-only, weight-aware)
-        "completion_only_loss": False,
-        "use_cpu": not on_gpu,
-        "bf16": bf16,
-        "fp16": fp16,
-        # transformers 5 name (gradient_checkpointing is its deprecated alias; TRL defaults that one to True)
-        "activation_checkpointing": on_gpu and _truthy(parallelism.get("activation_checkpointing")),
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-        "dataloader_pin_memory": on_gpu,
-        "include_num_input_tokens_seen": "non_padding",
-        "remove_unused_columns": True,
-        "log_level": "warning",
-    }
-    if hp.max_grad_norm is not None:
-        config["max_grad_norm"] = hp.max_grad_norm
-    if not on_gpu:
-        config["optim"] = "adamw_torch"
-    if has_eval:
-        strategy = hp.evaluation_strategy or "steps"
-        eval_steps = hp.eval_steps or 0
-        if strategy == "steps" and eval_steps > 0:
-            config["eval_strategy"] = "steps"
-            config["eval_steps"] = eval_steps
-        elif strategy == "no":
-            config["eval_strategy"] = "no"  # still evaluated once at the end by run_training
-        else:  # "epoch", or "steps" with eval_steps 0: end of each epoch (and at the end)
-            config["eval_strategy"] = "epoch"
-    else:
-        config["eval_strategy"] = "no"
-    return config
-
-
-def build_lora_config(hparams: dict | SFTHyperparameters):
-    """``peft.LoraConfig`` from ``lora_rank`` / ``lora_alpha`` / ``lora_dropout`` / ``lora_target_modules``
-    (defaults r=16, alpha=32, dropout=0.05, all-linear: training-notes §8)."""
-    from peft import LoraConfig
-
-    hp = _hyperparameters(hparams)
-    targets = hp.lora_target_modules
-    if targets is None:
-        targets = DEFAULT_LORA["target_modules"]
-    elif isinstance(targets, str):
-        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    return LoraConfig(
-        r=hp.lora_rank or hp.lora_r or DEFAULT_LORA["r"],
-        lora_alpha=hp.lora_alpha if hp.lora_alpha is not None else DEFAULT_LORA["lora_alpha"],
-        lora_dropout=hp.lora_dropout if hp.lora_dropout is not None else DEFAULT_LORA["lora_dropout"],
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,104 +312,6 @@ def check_chat_template(tokenizer) -> str:
                             "data cannot be rendered; use an instruct/chat model (one whose tokenizer_config.json "
                             "has a chat_template)", "model")
     return METHOD_MARKERS if has_generation_markers(template) else METHOD_PREFIX_DIFF
-
-
-# --------------------------------------------------------------------------------------------------
-# trainer callback: events, metrics, cancellation, best-model snapshot
-# --------------------------------------------------------------------------------------------------
-
-
-class _CancelRequested(Exception):
-    pass
-
-
-def _make_callback(reporter: Reporter, *, keep_best: bool):
-    from transformers import TrainerCallback
-
-    class ReporterCallback(TrainerCallback):
-        """Forwards Trainer logs to the job store and polls ``reporter.should_stop()``."""
-
-        def __init__(self) -> None:
-            self.total_steps = 0
-            self.first_loss: float | None = None
-            self.last_loss: float | None = None
-            self.last_val_loss: float | None = None
-            self.last_eval_step: int | None = None
-            self.best_val_loss: float | None = None
-            self.best_step: int | None = None
-            self.best_state: dict[str, Any] | None = None
-            self.last_reported_step = -1
-
-        def _check_stop(self) -> None:
-            if reporter.should_stop():
-                raise _CancelRequested()
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.total_steps = state.max_steps
-            self._check_stop()
-
-        def on_substep_end(self, args, state, control, **kwargs):
-            self._check_stop()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self._check_stop()
-
-        def on_prediction_step(self, args, state, control, **kwargs):
-            self._check_stop()
-
-        def on_save(self, args, state, control, **kwargs):
-            step = int(state.global_step)
-            reporter.event("sft.checkpoint.saved", f"checkpoint saved at step {step}",
-                           {"step": step, "checkpoint": f"{args.output_dir}/checkpoint-{step}"})
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            if "loss" not in logs:
-                return
-            step = int(state.global_step)
-            loss = float(logs["loss"])
-            epoch = float(logs["epoch"]) if logs.get("epoch") is not None else (state.epoch or 0.0)
-            self.first_loss = loss if self.first_loss is None else self.first_loss
-            self.last_loss = loss
-            self.last_reported_step = step
-            learning_rate = logs.get("learning_rate")
-            reporter.metric("train.loss", loss, step, epoch=epoch, phase="train")
-            data = {"step": step, "epoch": epoch, "loss": loss, "total_steps": self.total_steps}
-            if learning_rate is not None:
-                reporter.metric("train.learning_rate", float(learning_rate), step, epoch=epoch, phase="train")
-                data["learning_rate"] = float(learning_rate)
-            reporter.event("sft.progress", f"step {step}/{self.total_steps} loss {loss:.4f}", data)
-
-        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-            metrics = metrics or {}
-            if "eval_loss" not in metrics:
-                return
-            step = int(state.global_step)
-            val_loss = float(metrics["eval_loss"])
-            self.last_val_loss, self.last_eval_step = val_loss, step
-            reporter.metric("val.loss", val_loss, step, epoch=state.epoch, phase="eval")
-            improved = self.best_val_loss is None or val_loss < self.best_val_loss
-            if improved:
-                self.best_val_loss, self.best_step = val_loss, step
-                if keep_best and model is not None:
-                    self.best_state = {name: p.detach().to("cpu", copy=True)
-                                       for name, p in model.named_parameters() if p.requires_grad}
-            data = {"val_loss": val_loss, "step": step, "best_val_loss": self.best_val_loss,
-                    "best_step": self.best_step}
-            reporter.event("sft.validation.summary", f"validation loss {val_loss:.4f} at step {step}", data)
-
-        def restore_best(self, model) -> bool:
-            if not self.best_state or self.best_step == self.last_eval_step:
-                return False
-            import torch
-
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in self.best_state:
-                        param.copy_(self.best_state[name].to(param.device, param.dtype))
-            return True
-
-    return ReporterCallback()
 
 
 # --------------------------------------------------------------------------------------------------
