@@ -436,14 +436,7 @@ class InferenceEngine:
             task.cancel()
         with self._models_lock:
             self._models.clear()
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # pragma: no cover
-            pass
+        self._release_memory()
 
     # -- batching -----------------------------------------------------------------------------------
 
