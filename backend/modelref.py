@@ -260,7 +260,7 @@ def check_under_roots(model_id: Any, roots: list[Path]) -> None:
         "model_not_loadable",
         f"model {model_id!r}: local model paths are accepted only under this backend's data directory or its "
         "configured model roots (LEARNING_MCP_MODEL_ROOTS) unless the request carries the backend key; pass a Hub "
-        "id (org/name) or a fine-tuned 'ft:' id from list_models", "model")
+        "id (org/name) or a fine-tuned 'ft:' id (list_jobs shows each succeeded job's fine_tuned_model)", "model")
 
 
 # --------------------------------------------------------------------------------------------------

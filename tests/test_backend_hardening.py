@@ -384,7 +384,7 @@ def test_offline_is_detected_once_with_one_quick_probe(tmp_path):
             "t = time.monotonic(); again = modelref.hub_offline(); took2 = time.monotonic() - t\n"
             "import huggingface_hub.constants as c\n"
             "print(first, again, os.environ.get('HF_HUB_OFFLINE'), c.HF_HUB_OFFLINE, round(took, 2), round(took2, 4))\n")
-    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     first, again, env_value, constant, took, took2 = out.stdout.split()

@@ -216,7 +216,7 @@ def test_full_sequence_loss_is_chosen_by_hyperparameter_and_warned(tmp_path):
     reporter = RecordingReporter()
     request = make_request(job_id="job_fullseq", model=model, models_dir=tmp_path / "models",
                            train_path=write_jsonl(tmp_path / "train.jsonl", rows),
-                           hyperparameters={"total_steps": 1, "per_device_batch": 8, "assistant_only_loss": "false"})
+                           hyperparameters={"total_steps": 1, "per_device_batch": 8, "assistant_only_loss": False})
     run_training(request, reporter)
     prepared = reporter.of_type("sft.config.prepared")[0]
     assert prepared["level"] == "warning" and "assistant_only_loss is false" in prepared["message"]

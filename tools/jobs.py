@@ -202,7 +202,6 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
     max_images = getattr(plan, "max_images_per_message", None)
     val_path = Path(validation_dataset) if validation_dataset else plan.validation_path
     # images on a text-only model, LoRA target_modules that match nothing: refused before any upload
-
     await anyio.to_thread.run_sync(lambda: preflight(plan, dataset=plan.dataset_path, validation_dataset=val_path))
     if dry_run:
         for what, path in (("training", plan.dataset_path), ("validation", val_path)):
@@ -212,6 +211,16 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
                 if not report.ok:
                     raise invalid_dataset_failure(report, what=f"{what} dataset")
                 warnings.append(f"{what} dataset {path}: {report.summary()}")
+        for param, file_id in (("training_file_id", training_file_id), ("validation_file_id", validation_file_id)):
+            if file_id:  # the ids a real run would send must exist (a read-only GET; nothing is created)
+                try:
+                    await client.get_file(file_id)
+                except LearningAPIError as exc:
+                    if exc.status == 404:
+                        raise ToolFailure("file_not_found", f"{param} {file_id!r} does not exist on the learning API; "
+                                          "upload the dataset with upload_file(path) and pass the file_id it returns "
+                                          "(or pass dataset=<path>)", param=param) from None
+                    raise api_failure(exc, action=f"checking {param}") from None
         payload = plan.with_files(training_file_id or "<uploaded on a real run>", validation_file_id)
         return CreateOutcome(None, "dry_run", False, None, payload, warnings, plan.dropped_keys, plan.model,
                              training_file_id, validation_file_id, True, [])
@@ -239,8 +248,8 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
         record = await client.create_job(payload, idempotency_key=key)
     except LearningAPIError as exc:
         raise api_failure(exc, action="creating the job",
-                          hint="Fix the field named above in the TOML (or the model argument) and call create_job "
-                               "again.") from None
+                          hint="Fix the field named above (in the TOML, or the create_job argument of that name: "
+                               "model, training_file_id, validation_file_id) and call create_job again.") from None
     job_id = job_id_of(record)
     if not job_id:
         raise ToolFailure("invalid_response", f"the learning API created a job but returned no id: {str(record)[:200]}")

@@ -804,8 +804,9 @@ async def preflight_model(cfg: LoopConfig, target, environ: Mapping[str, str] | 
         return
     raise ToolFailure("model_not_loadable",
                       f"base_model {cfg.base_model!r} cannot be served for sampling ({code or response.status_code}): "
-                      f"{str(detail)[:2000]} Pass a base model id, a local model directory or an ft: id from "
-                      "list_models / get_job_status(...).fine_tuned_model, then call run_sft_loop again.",
+                      f"{str(detail)[:2000].rstrip()}{'' if str(detail).rstrip().endswith('.') else '.'} Pass a base model id, a "
+                      "local model directory or an ft: id (list_jobs shows each succeeded job's fine_tuned_model), "
+                      "then call run_sft_loop again.",
                       param="base_model")
 
 
