@@ -212,15 +212,15 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
                     raise invalid_dataset_failure(report, what=f"{what} dataset")
                 warnings.append(f"{what} dataset {path}: {report.summary()}")
         for param, file_id in (("training_file_id", training_file_id), ("validation_file_id", validation_file_id)):
-            if file_id:  # the ids a real run would send must exist (a read-only GET; nothing is created)
+            if file_id:  # the ids a real run would send: a missing one is warned about (a read-only GET)
                 try:
                     await client.get_file(file_id)
                 except LearningAPIError as exc:
-                    if exc.status == 404:
-                        raise ToolFailure("file_not_found", f"{param} {file_id!r} does not exist on the learning API; "
-                                          "upload the dataset with upload_file(path) and pass the file_id it returns "
-                                          "(or pass dataset=<path>)", param=param) from None
-                    raise api_failure(exc, action=f"checking {param}") from None
+                    if exc.status != 404:
+                        raise api_failure(exc, action=f"checking {param}") from None
+                    warnings.append(f"{param} {file_id!r} does not exist on the learning API: a real create_job would "
+                                    "be refused; upload the dataset with upload_file(path) and pass the file_id it "
+                                    "returns (or pass dataset=<path>)")
         payload = plan.with_files(training_file_id or "<uploaded on a real run>", validation_file_id)
         return CreateOutcome(None, "dry_run", False, None, payload, warnings, plan.dropped_keys, plan.model,
                              training_file_id, validation_file_id, True, [])
