@@ -495,7 +495,7 @@ def run_training(req: TrainRequest, reporter: Reporter) -> TrainResult:
         notes.insert(0, f"skipped {train_data.skipped} training example(s) with no trainable assistant tokens "
                         f"(lines {', '.join(map(str, train_data.skipped_lines[:10]))}"
                         f"{', …' if train_data.skipped > 10 else ''})")
-    notes += data_loss_notes(train_data, assistant_only)
+    notes += [] if vl else data_loss_notes(train_data, assistant_only)  # VL data: the processor path has its own notes
 
     staging = req.output_dir.parent / f".{req.output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     sft_kwargs = build_sft_config(hparams, len(train_data.examples), device, kind=kind,
