@@ -306,6 +306,60 @@ def check_prompt_size(request: ChatRequest, context_size: int | None, model_id: 
                              f"tokens, so at most {limit} characters are accepted; shorten the messages", "messages")
 
 
+def render_prompt_ids(tokenizer: Any, request: ChatRequest) -> list[int]:
+    """The prompt's token ids: the model's chat template over ``request.messages`` (and ``tools``) with the
+    generation prompt and ``chat_template_kwargs``, tokenised without special tokens (training-notes §9.2).
+    Multimodal content parts are flattened to text when the template cannot render them. Raises InferenceError 400
+    ``invalid_messages``. Shared by the transformers and the vLLM engine, so both see the same prompt."""
+    try:
+        text = tokenizer.apply_chat_template(request.messages, tools=request.tools, add_generation_prompt=True,
+                                             tokenize=False, **request.chat_template_kwargs)
+    except Exception as exc:
+        if not any(isinstance(m.get("content"), (list, dict)) for m in request.messages):
+            raise InferenceError(400, "invalid_messages", f"the model's chat template cannot render these "
+                                 f"messages: {exc}", "messages") from exc
+        from .trainer import flatten_multimodal
+
+        text = tokenizer.apply_chat_template(flatten_multimodal(request.messages), tools=request.tools,
+                                             add_generation_prompt=True, tokenize=False,
+                                             **request.chat_template_kwargs)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def end_token_ids(tokenizer: Any, generation_eos: Any) -> list[int]:
+    """The ids that end a completion: the tokenizer's EOS, ``<|im_end|>`` when the vocabulary has it, and the
+    generation config's ``eos_token_id`` (an int or a list); unknown/negative ids and the UNK id are left out."""
+    candidates = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    candidates += generation_eos if isinstance(generation_eos, list) else [generation_eos]
+    eos_ids: list[int] = []
+    for token_id in candidates:
+        if isinstance(token_id, int) and token_id >= 0 and token_id != tokenizer.unk_token_id \
+                and token_id not in eos_ids:
+            eos_ids.append(token_id)
+    return eos_ids
+
+
+def completion_response(model: str, texts: list[str], finish_reasons: list[str], completion_tokens: list[int],
+                        prompt_tokens: int) -> dict:
+    """An OpenAI ``chat.completion`` dict: one choice per text (``finish_reason`` ``"stop"`` or ``"length"``) and
+    ``usage`` (``completion_tokens`` summed over the choices, the prompt counted once, as OpenAI and vLLM count)."""
+    choices = [
+        {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+         "logprobs": None}
+        for index, (text, reason) in enumerate(zip(texts, finish_reasons))
+    ]
+    completion = sum(completion_tokens)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                  "total_tokens": prompt_tokens + completion},
+    }
+
+
 class _AbandonedRows:
     """A transformers ``StoppingCriteria``: a row stops when the request it belongs to has no caller any more
     (its future is done: cancelled on disconnect). Reading ``Future.done()`` from the generation thread is a
@@ -354,7 +408,9 @@ class InferenceEngine:
 
     def __init__(self, models_dir: Path, *, max_batch_size: int = 64, batch_window_s: float = 0.01,
                  max_loaded_models: int = 2, device: str | None = None, memory_budget_mb: int | None = None,
-                 idle_unload_s: float | None = None) -> None:
+                 idle_unload_s: float | None = None, adapters: Any = None) -> None:
+        """``adapters``: the backend's :class:`~learning_mcp.backend.adapters.AdapterRegistry` (LoRA adapters loaded
+        at run time under a served name, vLLM's ``load_lora_adapter``); None: none."""
         if max_batch_size < 1 or max_loaded_models < 1:
             raise ValueError("max_batch_size and max_loaded_models must be >= 1")
         # the operator's settings (Settings.inference_memory_mb / inference_idle_unload_s), passed by backend/state.py
@@ -369,6 +425,7 @@ class InferenceEngine:
         self.batch_window_s = max(0.0, batch_window_s)
         self.max_loaded_models = max_loaded_models
         self._device_override = device
+        self.adapters = adapters
         self._models: OrderedDict[str, _LoadedModel] = OrderedDict()
         self._models_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -510,10 +567,26 @@ class InferenceEngine:
 
     # -- models -------------------------------------------------------------------------------------
 
+    def resolve(self, model_id: str) -> ResolvedModel:
+        """A served adapter's name (:attr:`adapters`) or any model id :func:`~.modelref.resolve_model` knows.
+        Raises ModelRefError."""
+        adapter = self.adapters.get(model_id) if self.adapters is not None else None
+        return adapter.resolved() if adapter is not None else resolve_model(model_id, self.models_dir)
+
+    def forget(self, model_id: str) -> bool:
+        """Drop ``model_id`` from the model cache (an adapter was unloaded); True when it was loaded."""
+        with self._models_lock:
+            dropped = self._models.pop(model_id, None) is not None
+        if dropped:
+            self._release_memory()
+        return dropped
+
     async def _ensure_model_known(self, model_id: str) -> None:
         with self._models_lock:
             if model_id in self._models:
                 return
+        if self.adapters is not None and self.adapters.get(model_id) is not None:
+            return  # checked when it was loaded (backend/adapters.py)
         try:
             await asyncio.to_thread(check_loadable, model_id, self.models_dir, timeout_s=3.0)
         except ModelRefError as exc:
@@ -527,7 +600,7 @@ class InferenceEngine:
                 loaded.last_used = time.monotonic()
                 return loaded
         try:
-            resolved = resolve_model(model_id, self.models_dir)
+            resolved = self.resolve(model_id)
         except ModelRefError as exc:
             raise InferenceError(404, "model_not_found", exc.message, "model") from exc
         device, dtype = pick_device_and_dtype(None)
@@ -546,14 +619,7 @@ class InferenceEngine:
             raise InferenceError(500, "model_load_failed", f"cannot load model {model_id!r}: "
                                  f"{type(exc).__name__}: {exc}", "model") from exc
         tokenizer.padding_side = "left"
-        eos_ids: list[int] = []
-        candidates = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        generation_eos = getattr(model.generation_config, "eos_token_id", None)
-        candidates += generation_eos if isinstance(generation_eos, list) else [generation_eos]
-        for token_id in candidates:
-            if isinstance(token_id, int) and token_id >= 0 and token_id != tokenizer.unk_token_id \
-                    and token_id not in eos_ids:
-                eos_ids.append(token_id)
+        eos_ids = end_token_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         loaded = _LoadedModel(resolved=resolved, model=model, tokenizer=tokenizer, device=device, eos_ids=eos_ids,
@@ -634,22 +700,6 @@ class InferenceEngine:
 
     # -- generation (worker thread) -------------------------------------------------------------------
 
-    def _render_prompt(self, loaded: _LoadedModel, request: ChatRequest) -> list[int]:
-        tokenizer = loaded.tokenizer
-        try:
-            text = tokenizer.apply_chat_template(request.messages, tools=request.tools, add_generation_prompt=True,
-                                                 tokenize=False, **request.chat_template_kwargs)
-        except Exception as exc:
-            if not any(isinstance(m.get("content"), (list, dict)) for m in request.messages):
-                raise InferenceError(400, "invalid_messages", f"the model's chat template cannot render these "
-                                     f"messages: {exc}", "messages") from exc
-            from .trainer import flatten_multimodal
-
-            text = tokenizer.apply_chat_template(flatten_multimodal(request.messages), tools=request.tools,
-                                                 add_generation_prompt=True, tokenize=False,
-                                                 **request.chat_template_kwargs)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def _run_batch(self, model_id: str, sampling: SamplingParams,
                    batch: list[_Pending]) -> list[_Completion | InferenceError]:
         import torch
@@ -660,7 +710,7 @@ class InferenceEngine:
         for index, pending in enumerate(batch):
             try:
                 check_prompt_size(pending.request, loaded.context_size, model_id)  # before tokenising
-                ids = self._render_prompt(loaded, pending.request)
+                ids = render_prompt_ids(loaded.tokenizer, pending.request)
                 if loaded.context_size and len(ids) >= loaded.context_size:
                     raise InferenceError(400, "context_length_exceeded", f"the prompt is {len(ids)} tokens; "
                                          f"model {model_id!r} has a context of {loaded.context_size} tokens",
@@ -774,18 +824,5 @@ class InferenceEngine:
 
     @staticmethod
     def _response(request: ChatRequest, completion: _Completion) -> dict:
-        choices = [
-            {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-             "logprobs": None}
-            for index, (text, reason) in enumerate(zip(completion.texts, completion.finish_reasons))
-        ]
-        completion_tokens = sum(completion.completion_tokens)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.model,
-            "choices": choices,
-            "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": completion.prompt_tokens + completion_tokens},
-        }
+        return completion_response(request.model, completion.texts, completion.finish_reasons,
+                                   completion.completion_tokens, completion.prompt_tokens)

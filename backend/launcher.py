@@ -118,6 +118,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
     import uvicorn
 
     from learning_mcp.backend.app import create_app  # FastAPI: only when serving
+    from learning_mcp.backend.vllm_engine import EngineUnavailableError
 
     if settings is None:
         try:
@@ -138,7 +139,11 @@ def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike
                   host, port, exc.strerror or exc)
         return 2
     root = resolve_data_dir(data_dir or settings.data_dir)
-    app = create_app(root, settings=settings)
+    try:
+        app = create_app(root, settings=settings)
+    except EngineUnavailableError as exc:  # LEARNING_MCP_INFERENCE_ENGINE=vllm without vLLM or a GPU
+        log.error("%s", exc)
+        return 2
     app.state.shutdown_hooks.append(lambda: remove_backend_file(root))
     # a SIGTERM cancels requests still running after GRACEFUL_SHUTDOWN_S (a long generation never blocks --stop)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",

@@ -214,6 +214,17 @@ class Settings(BaseSettings):
         "inference_memory_mb", "LEARNING_MCP_INFERENCE_MEMORY_MB"))
     inference_idle_unload_s: float = Field(600.0, ge=0, validation_alias=AliasChoices(
         "inference_idle_unload_s", "LEARNING_MCP_INFERENCE_IDLE_UNLOAD_S"))
+    # which engine serves the embedded backend's chat completions (backend/vllm_engine.py): "auto" = vLLM when it
+    # is installed and a CUDA GPU is present, else transformers; "vllm" refuses to start the backend without them.
+    # vLLM's share of GPU memory (its gpu_memory_utilization, 0..1: the rest stays for training jobs) and the
+    # largest LoRA rank its adapters may have (vLLM's max_lora_rank)
+    inference_engine: Annotated[Literal["auto", "transformers", "vllm"],
+                                BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v)] = Field(
+        "auto", validation_alias=AliasChoices("inference_engine", "LEARNING_MCP_INFERENCE_ENGINE"))
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, validation_alias=AliasChoices(
+        "vllm_gpu_memory_utilization", "LEARNING_MCP_VLLM_GPU_MEMORY_UTILIZATION"))
+    vllm_max_lora_rank: int = Field(64, ge=1, validation_alias=AliasChoices(
+        "vllm_max_lora_rank", "LEARNING_MCP_VLLM_MAX_LORA_RANK"))
     # the embedded backend's limits and sweeps (backend/limits.py, backend/scheduler.py): JSON request bodies over
     # max_request_bytes are refused (413) before parsing; a job created but never started expires (cancelled,
     # error code job_expired, event sft.expired) after job_start_expiry_s (0 = never)

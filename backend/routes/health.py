@@ -1,7 +1,9 @@
 """``GET /api/health`` (and ``/health``): liveness. Never needs a key.
 
 Without the key (when one is configured) it says only ``{"status": "ok"}``; with the key, or when no key is
-configured (the launcher then listens on loopback only), it adds version, data directory and running jobs.
+configured (the launcher then listens on loopback only), it adds version, data directory, running jobs and which
+inference engine serves chat completions (``inference_engine``: the setting, ``transformers`` or ``vllm`` once
+chosen, and why).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def health(request: Request, backend: BackendDep) -> dict:
         return {"status": "ok"}
     body = {"status": "ok", "service": "learning-mcp-backend", "version": __version__,
             "data_dir": str(backend.store.paths.root), "running_jobs": backend.scheduler.running_job_ids}
+    choice = backend.engine_choice  # decided at start ("vllm") or when the first request created the engine
+    body["inference_engine"] = {"setting": backend.settings.inference_engine,
+                                "engine": choice.engine if choice else None,
+                                "reason": choice.reason if choice else "decided on the first inference request"}
     engine = backend.engine_if_created()
     if engine is not None:  # generation counters (decode steps, abandoned requests) and queue length
         body["inference"] = {**engine.stats, "queued": engine.queued()}

@@ -12,6 +12,11 @@ delta, content deltas, a ``finish_reason`` chunk per choice, a usage chunk when 
 and ``data: [DONE]``. The engine batches whole generations, so the completion is generated first and then sent as
 chunks: a bad request still gets a normal JSON error with its status, and the chunks arrive together at the end of
 generation rather than token by token.
+
+``POST …/load_lora_adapter {"lora_name", "lora_path"}`` and ``POST …/unload_lora_adapter {"lora_name"}`` are vLLM's
+runtime LoRA API (:mod:`learning_mcp.backend.adapters`: same bodies, statuses and plain-text success answers): a
+loaded adapter is then served under ``lora_name``. A ``lora_path`` outside the data dir and
+``LEARNING_MCP_MODEL_ROOTS`` needs the key (as a local model path does).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, AsyncIterator
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from learning_mcp.backend.inference import InferenceError
@@ -83,6 +88,43 @@ async def chat_completions(request: ChatCompletionRequest, backend: BackendDep,
     include_usage = bool((stream_options or {}).get("include_usage"))
     return StreamingResponse(_sse(completion_chunks(completion, include_usage=include_usage)),
                              media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class LoadLoRAAdapterRequest(BaseModel):
+    """vLLM's ``LoadLoRAAdapterRequest``: the served name and the adapter folder on this machine."""
+
+    model_config = ConfigDict(extra="allow")
+
+    lora_name: SkipValidation[str | None] = Field(None, description="the model name requests will use")
+    lora_path: SkipValidation[str | None] = Field(None, description="a PEFT adapter folder (adapter_config.json)")
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    """vLLM's ``UnloadLoRAAdapterRequest``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    lora_name: SkipValidation[str | None] = Field(None, description="a name given to load_lora_adapter")
+
+
+@router.post("/load_lora_adapter", response_class=PlainTextResponse)
+async def load_lora_adapter(request: LoadLoRAAdapterRequest, backend: BackendDep, raw: Request) -> str:
+    """Serve a LoRA adapter under ``lora_name`` (vLLM's route; 400 missing field or name taken, 404 no adapter)."""
+    body = request.model_dump()
+    if isinstance(body.get("lora_path"), str) and body["lora_path"].strip():
+        backend.guard_model(body["lora_path"].strip(), raw)
+    adapter = await anyio.to_thread.run_sync(backend.adapters.load, body)
+    return f"Success: LoRA adapter '{adapter.name}' added successfully."
+
+
+@router.post("/unload_lora_adapter", response_class=PlainTextResponse)
+async def unload_lora_adapter(request: UnloadLoRAAdapterRequest, backend: BackendDep) -> str:
+    """Stop serving ``lora_name`` (vLLM's route; 404 for a name not loaded) and drop it from the engine's cache."""
+    adapter = backend.adapters.unload(request.model_dump())
+    engine = backend.engine_if_created()
+    if engine is not None:
+        await anyio.to_thread.run_sync(engine.forget, adapter.name)
+    return f"Success: LoRA adapter '{adapter.name}' removed successfully."
 
 
 @router.get("/models")

@@ -32,7 +32,8 @@ def get_model(model_id: str, backend: BackendDep) -> dict:
 def openai_model_list(backend: Backend, *, max_jobs: int = 1000) -> list[dict]:
     """OpenAI ``Model`` objects (``id``, ``object="model"``, ``created`` in Unix seconds, ``owned_by``) for every
     model a chat completion here accepts by name: each fine-tuned ``ft:`` model (``owned_by="learning-mcp"``, with
-    ``base_model`` and ``job_id``), then the base models of the backend's jobs (what create_job and the ReST-EM loop
+    ``base_model`` and ``job_id``), the LoRA adapters loaded at run time (``owned_by="lora"``, ``root`` = the folder,
+    ``parent`` = the base, as vLLM lists them), then the base models of the backend's jobs (what create_job and the ReST-EM loop
     trained from) and the models the inference engine has in memory (``owned_by="base"``). Newest first, no
     duplicates. Local paths and Hub ids are listed as the jobs named them."""
     out: dict[str, dict] = {}
@@ -40,6 +41,9 @@ def openai_model_list(backend: Backend, *, max_jobs: int = 1000) -> list[dict]:
         out.setdefault(model["id"], {"id": model["id"], "object": "model", "created": _unix(model.get("created_at")),
                                      "owned_by": "learning-mcp", "base_model": model.get("base_model"),
                                      "job_id": model.get("job_id")})
+    for adapter in backend.adapters.all():  # loaded at run time (load_lora_adapter), listed as vLLM lists them
+        out.setdefault(adapter.name, {"id": adapter.name, "object": "model", "created": int(time.time()),
+                                      "owned_by": "lora", "root": adapter.path, "parent": adapter.base_model})
     bases = [(job.get("model"), job.get("created_at")) for job in backend.store.list_jobs(limit=max_jobs)]
     engine = backend._engine  # only if already created: listing models must not import torch
     if engine is not None:
