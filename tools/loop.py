@@ -33,16 +33,18 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learning_mcp.tools import jobs as job_ops
+from learning_mcp.tools import lora_serving
 from learning_mcp.tools.atomic import write_bytes_atomic, write_text_atomic
 from learning_mcp.tools.charts import loop_chart_png
 from learning_mcp.tools.client import LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import is_file as config_is_file
 from learning_mcp.tools.config_source import parse_toml, path_exists, read_config_source
 from learning_mcp.tools.errors import ToolFailure, api_failure, validation_problems
+from learning_mcp.tools.export_ops import export_model
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
-from learning_mcp.tools.model_checks import model_config_json
+from learning_mcp.tools.model_checks import lora_selected, model_config_json
 from learning_mcp.tools.rewards import VerifierError, make_verifier, zero_score_warning
 from learning_mcp.tools.sampling import EvalSummary, normalize_chat_url
 from learning_mcp.tools.settings import endpoint_key
@@ -119,6 +121,10 @@ class LoopConfig(BaseModel):
     # where to sample from (default: the learning API's own inference endpoint)
     chat_url: str | None = None
     chat_api_key_env: str | None = Field(None, description="env var holding the chat endpoint's key")
+    load_lora_adapters: bool = Field(False, description="after each M-step, load the new LoRA model into the "
+                                     "chat_url server under its ft: id (POST /v1/load_lora_adapter: vLLM's runtime "
+                                     "LoRA API, also served by the embedded backend) and unload adapters no longer "
+                                     "needed; needs chat_url, a LoRA M-step and reset_to_base")
     # or: a Synth task app is the environment (POST /rollout with X-API-Key; learning-api.md §6)
     task_app_url: str | None = None
     task_app_api_key_env: str = "ENVIRONMENT_API_KEY"
@@ -186,6 +192,8 @@ class LoopState(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     train_problems: int | None = None
     val_problems: int | None = None
+    served_adapters: list[str] = Field(default_factory=list, description="ft: models loaded into the chat_url "
+                                                                        "server (load_lora_adapters), oldest first")
     resolved_config: dict[str, Any] | None = Field(None, description="every setting with its value and source "
                                                                       "(argument | file | default)")
     warnings: list[str] = Field(default_factory=list)
@@ -344,6 +352,7 @@ val_fraction = 0.2            # used only when no task has a "split"
 early_stopping = true         # stop when validation pass@1 has not improved for `patience` iterations
 patience = 1
 # chat_url = "http://localhost:8000/v1"   # sample from another OpenAI-compatible server (default: the learning API's)
+# load_lora_adapters = true   # with chat_url and variety = "lora": load each M-step's adapter there (vLLM runtime LoRA)
 # task_app_url = "http://localhost:8001"  # or a Synth task app as the environment (then train_seeds/val_seeds)
 
 [eval]                        # the E-step's sampling
@@ -534,6 +543,7 @@ class LoopRunner:
                 await self._advance(record, store, train, val, verifier)
         finally:
             store.close()
+        await self._unload_adapters({self.state.best_model})  # the best model stays served
         self.state.state = "succeeded"
         best = self.state.best_model
         await self._changed(f"finished ({self.state.stopped_reason}); best model {best} "
@@ -599,6 +609,7 @@ class LoopRunner:
                                     chat_template_kwargs=cfg.chat_template_kwargs)
         chat_url = cfg.chat_url or self.client.target.chat_url
         api_key = self._key(chat_url, cfg.chat_api_key_env)
+        await self._serve_adapter(model, api_key)
         if cfg.task_app_url:
             return await evaluate_task_app(
                 tasks, task_app_url=cfg.task_app_url,
@@ -613,6 +624,37 @@ class LoopRunner:
         return await evaluate(tasks, chat_url=chat_url, model=model, verifier=verifier, settings=settings,
                               store=store, run_id=self.state.loop_id, iteration=iteration, phase=phase,
                               api_key=api_key, concurrency=cfg.eval_concurrency, greedy=greedy)
+
+    # -- the external server's adapters (load_lora_adapters) -----------------------------------------------
+    async def _serve_adapter(self, model: str, api_key: str | None) -> None:
+        """With ``load_lora_adapters``: make the loop's fine-tuned ``model`` servable by the ``chat_url`` server
+        before it samples: export the job's adapter to ``<loop dir>/adapters/<job_id>`` (``export_model``,
+        ``merge_lora=False``: a PEFT folder) once, then ``load_lora_adapter`` under the ``ft:`` id (an answer
+        "already loaded" counts as done, so a resumed loop loads again safely). Models the loop did not train
+        (the base model) are left to the server."""
+        record = next((r for r in self.state.iterations if r.fine_tuned_model == model and r.job_id), None)
+        if not self.cfg.load_lora_adapters or not self.cfg.chat_url or record is None:
+            return
+        folder = self.dir / "adapters" / str(record.job_id)
+        if not (folder / "adapter_config.json").is_file():
+            await self._changed(f"iteration {record.iteration}: exporting the LoRA adapter of {model} to {folder}")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            await export_model(self.client, model, str(folder), merge_lora=False)
+        loaded = await lora_serving.load_lora_adapter(self.cfg.chat_url, model, str(folder), api_key=api_key)
+        if model not in self.state.served_adapters:
+            self.state.served_adapters.append(model)
+        if loaded:
+            await self._changed(f"loaded {model} into {self.cfg.chat_url}")
+
+    async def _unload_adapters(self, keep: set[str | None]) -> None:
+        """Unload every adapter the loop loaded that is not in ``keep`` (the best model, the next sampler)."""
+        if not self.cfg.load_lora_adapters or not self.cfg.chat_url:
+            return
+        api_key = self._key(self.cfg.chat_url, self.cfg.chat_api_key_env)
+        for model in [m for m in self.state.served_adapters if m not in keep]:
+            await lora_serving.unload_lora_adapter(self.cfg.chat_url, model, api_key=api_key)
+            self.state.served_adapters.remove(model)
+            await self._changed(f"unloaded {model} from {self.cfg.chat_url}")
 
     def _key(self, url: str, key_env: str | None, default_env: str | None = None) -> str | None:
         try:
@@ -704,6 +746,8 @@ class LoopRunner:
                 self.state.best_iteration = record.iteration
             record.step = "done"
             await self._changed(f"iteration {record.iteration}: validation pass@1 {summary.pass_at_1:.3f}")
+            # the previous iteration's adapter is no longer needed unless it is the best or samples next
+            await self._unload_adapters({self.state.best_model, self._next_sampler(record)})
         record.seconds += time.monotonic() - t0
         self.save()
         if record.step in ("filter", "done"):  # after sampling and after validation: new points on the chart
@@ -760,10 +804,39 @@ def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None)
         raise ToolFailure("key_not_allowed", str(exc)) from None
     sft = mstep_config(cfg, cfg.base_model)
     try:
-        build_sft_plan(sft, training_file_id="file-preflight", model=cfg.base_model,
-                       target="synth" if target.is_synth else "local", require_dataset_path=False, environ=environ)
+        plan = build_sft_plan(sft, training_file_id="file-preflight", model=cfg.base_model,
+                              target="synth" if target.is_synth else "local", require_dataset_path=False,
+                              environ=environ)
     except ConfigError as exc:
         raise ToolFailure(f"config_{exc.code}", f"the loop's SFT config is invalid: {exc.message}") from None
+    if cfg.load_lora_adapters:
+        preflight_adapter_loading(cfg, target, lora=lora_selected(plan.payload))
+
+
+def preflight_adapter_loading(cfg: LoopConfig, target, *, lora: bool) -> None:
+    """Refuse ``load_lora_adapters`` where it cannot work (``ToolFailure`` with the fix): without ``chat_url``
+    (the learning API serves its own models), on Synth's hosted API (no export route gives the adapter folder),
+    with a full fine-tune M-step (vLLM's runtime API loads LoRA adapters only) or with ``reset_to_base = false``
+    (a later adapter would apply to the previous fine-tune, not to the model the server serves)."""
+    if not cfg.chat_url:
+        raise ToolFailure("load_lora_adapters_needs_chat_url", "load_lora_adapters tells an external server "
+                          "(chat_url) which model to load; without chat_url the learning API samples its own models. "
+                          "Set chat_url (e.g. http://127.0.0.1:8001/v1) or drop load_lora_adapters.",
+                          param="load_lora_adapters")
+    if target.is_synth:
+        raise ToolFailure("load_lora_adapters_unsupported", "load_lora_adapters needs the embedded backend (it "
+                          "exports each adapter to a folder on this machine); Synth's hosted API has no export route.",
+                          param="load_lora_adapters")
+    if not lora:
+        raise ToolFailure("load_lora_adapters_needs_lora", "the M-step is a full fine-tune, which vLLM cannot load "
+                          "at run time (its runtime API loads LoRA adapters only). Use variety = \"lora\" in the SFT "
+                          "config's [algorithm] (or hyperparameters train_kind = \"peft\"), or serve each fine-tuned "
+                          "model yourself (vllm serve <data dir>/models/<job_id>) and drop load_lora_adapters.",
+                          param="load_lora_adapters")
+    if not cfg.reset_to_base:
+        raise ToolFailure("load_lora_adapters_needs_reset_to_base", "with reset_to_base = false each M-step trains "
+                          "an adapter on the previous fine-tune, which a server holding the base model cannot apply. "
+                          "Set reset_to_base = true or drop load_lora_adapters.", param="load_lora_adapters")
 
 
 async def preflight_model(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None,

@@ -235,7 +235,9 @@ def is_vision_language(model: str, target: str) -> bool | None:
 # ----------------------------------------------------------------------------------------------------------
 # the create_job preflight
 # ----------------------------------------------------------------------------------------------------------
-def _lora_selected(payload: dict) -> bool:
+def lora_selected(payload: dict) -> bool:
+    """True when an SFT job payload trains a LoRA (or QLoRA) adapter rather than all weights
+    (:func:`~learning_mcp.tools.sft_contract.training_strategy` on its hyperparameters and effective config)."""
     metadata = payload.get("metadata") or {}
     return training_strategy(payload.get("hyperparameters") or {}, metadata.get("effective_config") or {})[0] == "lora"
 
@@ -244,7 +246,7 @@ def check_lora_targets(payload: dict, model: str, target: str) -> None:
     """Raise ``ToolFailure("lora_target_modules_invalid")`` when a ``lora_target_modules`` entry matches no
     module of ``model``. Skipped for full fine-tunes, ``all-linear``, and models not readable here."""
     hyperparameters = payload.get("hyperparameters") or {}
-    if not requested_targets(hyperparameters.get("lora_target_modules")) or not _lora_selected(payload):
+    if not requested_targets(hyperparameters.get("lora_target_modules")) or not lora_selected(payload):
         return
     if target == "synth" and model_config_json(model) is None:
         return  # Synth's model, not in the local cache: Synth checks it
