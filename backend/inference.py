@@ -42,7 +42,8 @@ Models
     served without a restart. Before a model is loaded, least-recently-used ones are evicted until it fits
     the count and the memory budget (``memory_budget_mb``, ``LEARNING_MCP_INFERENCE_MEMORY_MB``); models
     unused for ``idle_unload_s`` (``LEARNING_MCP_INFERENCE_IDLE_UNLOAD_S``, default 600) are unloaded
-    (:mod:`.memory`). torch/transformers are imported lazily.
+    (:mod:`.memory`). A LoRA adapter loaded at run time under a served name (``load_lora_adapter``,
+    :mod:`.adapters`) is served like a LoRA ``ft:`` model under that name. torch/transformers are imported lazily.
 """
 
 from __future__ import annotations
