@@ -22,6 +22,8 @@ TASKS = {
     "mul_digit": (lambda: [(a, b) for a in range(100) for b in range(10)], "{a}*{b}=?", lambda a, b: a * b),
     "sub": (lambda: [(a, b) for a in range(100) for b in range(a + 1)], "{a}-{b}=?", lambda a, b: a - b),
     "add3": (lambda: [(a, b) for a in range(1000) for b in range(10)], "{a}+{b}=?", lambda a, b: a + b),
+    "mul3": (lambda: [(a, b) for a in range(1000) for b in range(10)], "{a}*{b}=?", lambda a, b: a * b),
+    "diff": (lambda: [(a, b) for a in range(100) for b in range(100)], "|{a}-{b}|=?", lambda a, b: abs(a - b)),
 }
 
 
