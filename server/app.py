@@ -30,7 +30,7 @@ from pydantic import Field
 from learning_mcp import __version__
 from learning_mcp.backend.launcher import BackendStartError, ensure_backend
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, READ_ONLY_REMOTE, STARTS_WORK, UPLOADS, _progress,
-                                        harden_tool_calls, png_image_content, reject_unknown_tools, result,
+                                        harden_tool_calls, reject_unknown_tools, result,
                                         state_of, tool_errors)
 from learning_mcp.server.export_tools import register_export_tools
 from learning_mcp.server.loop_tools import register_loop_tools
@@ -303,10 +303,14 @@ def create_server(settings: Settings | None = None) -> MCPServer:
             next_step = (f"The job exists but did not start ({out.start_error or 'start=False'}); "
                          f"call get_job_status(job_id={out.job_id!r}) to check it.")
             summary = f"created job {out.job_id} ({out.model}), not started"
+        if out.ignored_keys:
+            summary += (f"; {len(out.ignored_keys)} config key(s) ignored: {', '.join(out.ignored_keys[:5])}"
+                        f"{' …' if len(out.ignored_keys) > 5 else ''} (see warnings)")
         model_out = CreateJobResult(job_id=out.job_id, status=out.status, started=out.started,
                                     start_error=out.start_error, model=out.model,
                                     training_file_id=out.training_file_id, validation_file_id=out.validation_file_id,
                                     payload=out.payload, warnings=out.warnings, dropped_keys=out.dropped_keys,
+                                    ignored_keys=out.ignored_keys,
                                     dry_run=out.dry_run, next_step=next_step)
         return result(model_out, summary)
 
@@ -361,9 +365,7 @@ def create_server(settings: Settings | None = None) -> MCPServer:
         with tool_errors(f"charting job {job_id}"):
             path = charts.job_chart_path(state_of(ctx).data_dir, job_id)
             png = await charts.job_loss_chart(api, job_id, out_path=path)
-        out = result(model, "; ".join(bits + [f"loss chart {path}"]))
-        out.content.append(png_image_content(png))
-        return out
+        return result(model, "; ".join(bits + [f"loss chart {path}"]), image=png)
 
     # -- cancel_job / list_jobs ------------------------------------------------------------------------
     @server.tool(title="Cancel a job", annotations=CANCELS)

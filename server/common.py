@@ -189,8 +189,9 @@ def reject_unknown_tools(server: MCPServer) -> None:
     server.middleware.append(middleware)
 
 
-def result(model: BaseModel, summary: str) -> CallToolResult:
-    """A one-line summary for humans and models, then the structured JSON."""
+def result(model: BaseModel, summary: str, *, image: bytes | None = None) -> CallToolResult:
+    """A one-line summary for humans and models, then the structured JSON, then (``image``: PNG bytes) the picture
+    as MCP image content."""
     try:
         data = model.model_dump(mode="json")
     except UnicodeEncodeError:  # a lone surrogate from the input (a JSON escape): escape it, then serialise
@@ -198,9 +199,11 @@ def result(model: BaseModel, summary: str) -> CallToolResult:
         data = model.model_dump(mode="json")
     data = clean_json(data)
     summary = _clean_text(summary)
-    return CallToolResult(content=[TextContent(type="text", text=summary),
-                                   TextContent(type="text", text=json.dumps(data, indent=1, default=str))],
-                          structured_content=data)
+    content: list = [TextContent(type="text", text=summary),
+                     TextContent(type="text", text=json.dumps(data, indent=1, default=str))]
+    if image is not None:
+        content.append(png_image_content(image))
+    return CallToolResult(content=content, structured_content=data)
 
 
 def state_of(ctx: Context) -> Any:

@@ -14,7 +14,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from learning_mcp.tools.config_source import CONFIG_ARG_HELP
-from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, STARTS_WORK, png_image_content, result, state_of,
+from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, STARTS_WORK, result, state_of,
                                         tool_errors)
 from learning_mcp.tools.eval_runs import EvalStatusResult, eval_call
 from learning_mcp.tools.filter_run import FilterResult, filter_traces_call
@@ -101,10 +101,7 @@ def register_loop_tools(server: MCPServer) -> None:
             if chart:
                 png = await anyio.to_thread.run_sync(lambda: loop_chart(state, mgr.loop_dir(loop_id)))
                 status.chart_path = str(mgr.loop_dir(loop_id) / LOOP_CHART_FILE)
-        out = result(status, f"loop {loop_id}: {state.state} — {state.message}\n{format_table(status)}")
-        if png is not None:
-            out.content.append(png_image_content(png))
-        return out
+        return result(status, f"loop {loop_id}: {state.state} — {state.message}\n{format_table(status)}", image=png)
 
     @server.tool(title="Cancel a loop", annotations=CANCELS)
     async def cancel_loop(

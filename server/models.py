@@ -50,6 +50,8 @@ class CreateJobResult(BaseModel):
     payload: dict[str, Any] = Field(description="exactly the JSON body create_job sent to the learning API (POST /learning/jobs)")
     warnings: list[str]
     dropped_keys: list[str] = Field(description="TOML keys Synth's own CLI would drop (we forward or report them)")
+    ignored_keys: list[str] = Field(default_factory=list, description="the dropped keys that reach no payload at "
+                                    "all (often a typo: warnings suggest the key meant)")
     dry_run: bool = False
     next_step: str
 

@@ -44,6 +44,10 @@ async def test_bad_model_and_bad_task_lines_are_refused_before_the_loop(backend,
             text = r.content[0].text
             assert r.is_error and "[model_not_loadable]" in text, text
             assert model in text and "URL path" not in text
+            # eval refuses the same model up front too (it used to start, then report failed)
+            r = await client.call_tool("eval", {"model": model, "tasks": str(tasks), "wait_seconds": 0})
+            text = r.content[0].text
+            assert r.is_error and "[model_not_loadable]" in text and model in text and "eval" in text, text
         assert (await client.call_tool("list_loops", {})).structured_content["loops"] == []
 
 

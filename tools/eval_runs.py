@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from learning_mcp.tools.errors import ToolFailure
 from learning_mcp.tools.evaluate import ChatEndpointError, SamplingSettings, evaluate
+from learning_mcp.tools.sampling import normalize_chat_url, probe_model
 from learning_mcp.tools.rewards import VerifierError, make_verifier
 from learning_mcp.tools.settings import endpoint_key
 from learning_mcp.tools.tasks import load_tasks, split_tasks
@@ -112,6 +113,20 @@ class EvalRuns:
         if not tasks:
             raise ToolFailure("no_problems", f"no problems in split {split!r} of {tasks_path}")
         client = await self.app.client()
+        url = chat_url or client.target.chat_url
+        try:
+            key = endpoint_key(url, client.target, None, environ=self.app.settings.environ)
+        except PermissionError as exc:
+            raise ToolFailure("key_not_allowed", str(exc)) from None
+        try:
+            reason = await probe_model(normalize_chat_url(url), model, api_key=key)
+        except ChatEndpointError:
+            reason = None  # a bad URL fails the eval with its own error
+        if reason is not None:  # refused up front, as run_sft_loop does, not after the eval has started
+            raise ToolFailure("model_not_loadable",
+                              f"model {model!r} cannot be served by {url} {reason} Pass a base model id, a local "
+                              "model directory or an ft: id (list_jobs shows each succeeded job's "
+                              "fine_tuned_model), then call eval again.", param="model")
         run = _EvalRun(eval_id=f"eval-{uuid.uuid4().hex[:10]}", model=model)
         self.evals[run.eval_id] = run
         greedy = settings.get("n", 1) == 1 and settings.get("temperature", 0.0) == 0.0
@@ -120,11 +135,9 @@ class EvalRuns:
         async def go() -> None:
             store = TraceStore(self.traces_db)
             try:
-                url = chat_url or client.target.chat_url
                 summary = await evaluate(tasks, chat_url=url, model=model, verifier=checker, settings=sampling,
                                          store=store, run_id=run.eval_id, iteration=0, phase="eval",
-                                         api_key=endpoint_key(url, client.target, None, environ=self.app.settings.environ),
-                                         greedy=greedy)
+                                         api_key=key, greedy=greedy)
                 run.summary, run.state = summary.to_dict(), "succeeded"
             except (ChatEndpointError, VerifierError) as exc:
                 run.state, run.error = "failed", str(exc)

@@ -174,6 +174,7 @@ class CreateOutcome:
     validation_file_id: str | None
     dry_run: bool
     uploads: list[UploadOutcome]
+    ignored_keys: list[str] = field(default_factory=list)
 
 
 async def create_job_from_config(client: LearningClient, config: str | dict, *, dataset: str | None = None,
@@ -223,7 +224,7 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
                                     "returns (or pass dataset=<path>)")
         payload = plan.with_files(training_file_id or "<uploaded on a real run>", validation_file_id)
         return CreateOutcome(None, "dry_run", False, None, payload, warnings, plan.dropped_keys, plan.model,
-                             training_file_id, validation_file_id, True, [])
+                             training_file_id, validation_file_id, True, [], plan.ignored_keys)
     if training_file_id is None:
         if plan.dataset_path is None:
             raise ToolFailure("missing_dataset", "no dataset: pass dataset=<path to a JSONL>, training_file_id=<id "
@@ -263,7 +264,7 @@ async def create_job_from_config(client: LearningClient, config: str | dict, *, 
         except LearningAPIError as exc:
             start_error = f"start returned HTTP {exc.status}: {exc.detail}" if exc.status else exc.detail
     return CreateOutcome(job_id, status, started, start_error, payload, warnings, plan.dropped_keys, plan.model,
-                         training_file_id, validation_file_id, False, uploads)
+                         training_file_id, validation_file_id, False, uploads, plan.ignored_keys)
 
 
 def error_dict(error: Any) -> dict | None:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping
 
 import anyio
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learning_mcp.tools import jobs as job_ops
@@ -46,7 +45,7 @@ from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, Ta
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
 from learning_mcp.tools.model_checks import lora_selected, model_config_json
 from learning_mcp.tools.rewards import VerifierError, make_verifier, zero_score_warning
-from learning_mcp.tools.sampling import EvalSummary, normalize_chat_url
+from learning_mcp.tools.sampling import EvalSummary, normalize_chat_url, probe_model
 from learning_mcp.tools.settings import endpoint_key
 from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
 from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
@@ -122,8 +121,8 @@ class LoopConfig(BaseModel):
     chat_url: str | None = None
     chat_api_key_env: str | None = Field(None, description="env var holding the chat endpoint's key")
     load_lora_adapters: bool = Field(False, description="after each M-step, load the new LoRA model into the "
-                                     "chat_url server under its ft: id (POST /v1/load_lora_adapter: vLLM's runtime "
-                                     "LoRA API, also served by the embedded backend) and unload adapters no longer "
+                                     "chat_url server under its ft: id (vLLM's runtime LoRA loading, load_lora_adapter; "
+                                     "the embedded backend serves the same API) and unload adapters no longer "
                                      "needed; needs chat_url, a LoRA M-step and reset_to_base")
     # or: a Synth task app is the environment (POST /rollout with X-API-Key; learning-api.md §6)
     task_app_url: str | None = None
@@ -844,40 +843,21 @@ async def preflight_model(cfg: LoopConfig, target, environ: Mapping[str, str] | 
     """Check that the chat endpoint the loop samples from can serve ``cfg.base_model``, before the loop starts.
 
     The embedded backend checks a model the same way for ``create_job`` (``backend/modelref.check_loadable``) and
-    for inference; one greedy 1-token chat completion asks exactly the server the loop will use. Only an answer
-    that rejects the MODEL (HTTP 400/404 naming ``model``, or a ``model_*`` error code) refuses the loop with
+    for inference; one greedy 1-token chat completion (:func:`~learning_mcp.tools.sampling.probe_model`) asks
+    exactly the server the loop will use. Only an answer that rejects the MODEL refuses the loop with
     ``model_not_loadable`` and the server's full reason; an unreachable or slow endpoint is left to the loop,
     whose status reports it. Raises ``ToolFailure``."""
-
 
     try:
         url = normalize_chat_url(cfg.chat_url or target.chat_url)
         key = endpoint_key(cfg.chat_url or target.chat_url, target, cfg.chat_api_key_env, environ=environ)
     except (ChatEndpointError, PermissionError):
         return  # reported by preflight / the loop with their own codes
-    body = {"model": cfg.base_model, "messages": [{"role": "user", "content": "1"}], "max_tokens": 1,
-            "temperature": 0.0}
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        async with httpx.AsyncClient(timeout=timeout_s) as http:
-            response = await http.post(url, json=body, headers=headers)
-    except (httpx.HTTPError, OSError):
-        return
-    if response.status_code not in (400, 404, 422):
-        return
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = {}
-    error = payload.get("error") if isinstance(payload, dict) else None
-    error = error if isinstance(error, dict) else {}
-    code, param = str(error.get("code") or ""), str(error.get("param") or "")
-    detail = error.get("message") or (payload.get("detail") if isinstance(payload, dict) else None) or response.text
-    if not (code.startswith("model_") or param == "model"):
+    reason = await probe_model(url, cfg.base_model, api_key=key, timeout_s=timeout_s)
+    if reason is None:
         return
     raise ToolFailure("model_not_loadable",
-                      f"base_model {cfg.base_model!r} cannot be served for sampling ({code or response.status_code}): "
-                      f"{str(detail)[:2000].rstrip()}{'' if str(detail).rstrip().endswith('.') else '.'} Pass a base model id, a "
+                      f"base_model {cfg.base_model!r} cannot be served for sampling {reason} Pass a base model id, a "
                       "local model directory or an ft: id (list_jobs shows each succeeded job's fine_tuned_model), "
                       "then call run_sft_loop again.",
                       param="base_model")

@@ -128,6 +128,37 @@ def normalize_chat_url(url: str) -> str:
 # Chat completions
 
 
+async def probe_model(url: str, model: str, *, api_key: str | None = None, timeout_s: float = 40.0) -> str | None:
+    """Ask the chat endpoint ``url`` (already normalised) for one greedy token of ``model``: ``None`` when it
+    answers or when the answer says nothing about the model (unreachable, slow, 5xx, other errors are left to the
+    real run); else ``"(<code or status>): <server's reason>."`` for an answer that rejects the MODEL (HTTP
+    400/404/422 with a ``model_*`` error code or ``param = "model"``, as OpenAI-compatible servers and the
+    embedded backend report an unknown or unloadable model). Used by ``run_sft_loop`` and ``eval`` to refuse up
+    front."""
+
+    body = {"model": model, "messages": [{"role": "user", "content": "1"}], "max_tokens": 1, "temperature": 0.0}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as http:
+            response = await http.post(url, json=body, headers=headers)
+    except (httpx.HTTPError, OSError):
+        return None
+    if response.status_code not in (400, 404, 422):
+        return None
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    error = payload.get("error") if isinstance(payload, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code, param = str(error.get("code") or ""), str(error.get("param") or "")
+    detail = error.get("message") or (payload.get("detail") if isinstance(payload, dict) else None) or response.text
+    if not (code.startswith("model_") or param == "model"):
+        return None
+    detail = str(detail)[:2000].rstrip()
+    return f"({code or response.status_code}): {detail}{'' if detail.endswith('.') else '.'}"
+
+
 def build_chat_body(
     model: str,
     messages: list[dict],

@@ -67,6 +67,7 @@ full-fine-tune ``train_kind`` is an error. (Stripping the added ``train_kind`` g
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 import re
@@ -146,6 +147,9 @@ _SENT_HYPERPARAMETER_KEYS = frozenset(
     {*_STEP_KEYS, *_SYNTH_HYPERPARAMETER_KEYS, "parallelism", "weight_decay", "assistant_only_loss", *_LORA_DESTINATIONS}
 )
 _FORWARDED_COMPUTE_KEYS = ("gpu_type", "gpu_count", "nodes")
+_TRAINING_KEYS = ("mode", "use_qlora", "validation", "report_to", "assistant_only_loss", "lora")
+# the sections an SFT config may have (a dropped section close to one of these gets a "did you mean")
+_KNOWN_SECTIONS = ("algorithm", "job", "compute", "data", "training", "hyperparameters", "lora", "model")
 REPORT_TO_PARAM = "hyperparameters.report_to"
 # [training] report_to: TRL/transformers' integration name -> modules that provide it (any one; the backend checks)
 REPORT_TO_INTEGRATIONS: dict[str, tuple[str, ...]] = {
@@ -428,15 +432,23 @@ class _Notes:
 
     warnings: list[str] = field(default_factory=list)
     dropped_keys: list[str] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
 
     def drop(self, key: str, text: str) -> None:
+        """``key`` is not sent as Synth's CLI would send it (forwarded under another name, or ignored)."""
         if key not in self.dropped_keys:
             self.dropped_keys.append(key)
         self.warn(text)
+
+    def ignore(self, key: str, text: str) -> None:
+        """``key`` reaches no payload at all (listed in ``ignored_keys`` too)."""
+        if key not in self.ignored_keys:
+            self.ignored_keys.append(key)
+        self.drop(key, text)
 
 
 def _precheck_training_type(config: Mapping[str, Any]) -> None:
@@ -899,8 +911,13 @@ def _forward_note(source_key: str, destination: str, extra: str = "") -> str:
     )
 
 
-def _drop_note(key: str, reason: str | None = None) -> str:
-    return f"{key}: {reason or 'not part of the SFT job payload'}; dropped (Synth's CLI drops it too)."
+def _drop_note(key: str, reason: str | None = None, known: Collection[str] = ()) -> str:
+    """The warning for a key that reaches no payload; with ``known`` (the keys its table does take), a close match
+    is suggested (``difflib``), since a dropped key is most often a typo."""
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75) if known and not reason else []
+    hint = f" (did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?)" if close else ""
+    return f"{key}: {reason or 'not part of the SFT job payload'}{hint}; dropped (Synth's CLI drops it too)."
 
 
 def _lora_sources(config: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
@@ -960,7 +977,7 @@ def _forward_lora(config: Mapping[str, Any], notes: _Notes) -> dict[str, Any]:
         if value == winner_value:
             notes.drop(source_key, _forward_note(source_key, destination))
         else:
-            notes.drop(source_key, f"{source_key}: overridden by {winner_key} = {winner_value!r}; dropped.")
+            notes.ignore(source_key, f"{source_key}: overridden by {winner_key} = {winner_value!r}; dropped.")
     return {destination: chosen[destination][1] for destination in _LORA_DESTINATIONS if destination in chosen}
 
 
@@ -1075,7 +1092,7 @@ def _audit_table(prefix: str, table: Mapping[str, Any], kept: Collection[str], n
     for key in table:
         if key not in kept:
             dotted = f"{prefix}.{key}"
-            notes.drop(dotted, _drop_note(dotted, _KEY_DROP_REASONS.get(dotted)))
+            notes.ignore(dotted, _drop_note(dotted, _KEY_DROP_REASONS.get(dotted), kept))
 
 
 def _audit_dropped_keys(config: Mapping[str, Any], notes: _Notes) -> None:
@@ -1096,9 +1113,9 @@ def _audit_dropped_keys(config: Mapping[str, Any], notes: _Notes) -> None:
         elif section == "lora" and isinstance(value, dict):
             _audit_lora_table("lora", value, notes)
         elif section == "model" and isinstance(value, str):
-            notes.drop("model", _drop_note("model", "a top-level model is ignored; [job].model is used"))
+            notes.ignore("model", _drop_note("model", "a top-level model is ignored; [job].model is used"))
         else:
-            notes.drop(section, _drop_note(section, _SECTION_DROP_REASONS.get(section)))
+            notes.ignore(section, _drop_note(section, _SECTION_DROP_REASONS.get(section), _KNOWN_SECTIONS))
 
 
 def _audit_training(training: Mapping[str, Any], notes: _Notes) -> None:
@@ -1107,14 +1124,14 @@ def _audit_training(training: Mapping[str, Any], notes: _Notes) -> None:
             _audit_table("training.validation", value, _VALIDATION_KEYS, notes)
         elif key == "lora" and isinstance(value, dict):
             _audit_lora_table("training.lora", value, notes)
-        elif key not in ("mode", "use_qlora", "validation", "report_to", "assistant_only_loss"):
-            notes.drop(f"training.{key}", _drop_note(f"training.{key}"))
+        elif key not in _TRAINING_KEYS:
+            notes.ignore(f"training.{key}", _drop_note(f"training.{key}", None, _TRAINING_KEYS))
 
 
 def _audit_lora_table(prefix: str, table: Mapping[str, Any], notes: _Notes) -> None:
     for key in table:
         if key not in _LORA_TABLE_KEYS:
-            notes.drop(
+            notes.ignore(
                 f"{prefix}.{key}",
                 f"{prefix}.{key}: not a LoRA setting learning-mcp forwards (r, alpha, dropout, target_modules); "
                 "dropped.",
@@ -1151,7 +1168,8 @@ class SFTJobPlan:
 
     ``payload`` is Synth's payload (``training_file_id`` null until set) plus the forwarded extras.
     ``dropped_keys`` are the config's dotted keys that Synth's CLI would not send verbatim, whether we forward
-    them or not; ``warnings`` explain each, plus any other notes (one line each).
+    them or not; ``ignored_keys`` the subset that reaches no payload at all (typos, unknown sections); ``warnings``
+    explain each (with a "did you mean" for a close known key), plus any other notes (one line each).
     """
 
     payload: dict[str, Any]
@@ -1163,6 +1181,7 @@ class SFTJobPlan:
     target: Target
     max_images_per_message: int | None = None
     config_path: Path | None = None
+    ignored_keys: list[str] = field(default_factory=list)
 
     def with_files(self, training_file_id: str, validation_file_id: str | None = None) -> dict[str, Any]:
         """The final payload: ``training_file_id`` set, and ``metadata.effective_config.data.validation_files``
@@ -1314,6 +1333,7 @@ def build_sft_plan(
         validation_path=validation_path,
         warnings=notes.warnings,
         dropped_keys=notes.dropped_keys,
+        ignored_keys=notes.ignored_keys,
         model=final_model,
         target=target,
         max_images_per_message=_max_images_per_message(raw_config, final_model),
