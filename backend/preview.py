@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from learning_mcp.tools.dataset import count_empty_targets, empty_target_warning
 from learning_mcp.tools.errors import LearningMCPError
 from learning_mcp.tools.preview import DatasetPreview, PreviewExample, PreviewTotals, TokenLengths
 
@@ -98,6 +99,7 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
     lengths: list[int] = []
     truncated_lines: list[int] = []
     scanned = 0
+    empty_targets, empty_target_lines = 0, []  # trained assistant turns with nothing to learn, as the validator counts
     for record in records:
         if time_budget_s is not None and scanned >= max(examples, 1) and time.monotonic() - started > time_budget_s:
             break
@@ -108,6 +110,11 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
             raise LearningMCPError(exc.code, exc.message, param=exc.param) from exc
         scanned += 1
         line = record.get("line", -1)
+        empty = count_empty_targets(record.get("messages"))
+        if empty:
+            empty_targets += empty
+            if len(empty_target_lines) < MAX_LISTED_LINES:
+                empty_target_lines.append(line)
         sequences = example.sequences()
         lengths += [s.length for s in sequences]
         data.methods[example.method] = data.methods.get(example.method, 0) + 1
@@ -140,6 +147,8 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
                                    p99=_percentile(lengths, 0.99), max=lengths[-1] if lengths else 0),
         span_methods=data.methods, fallback_lines=data.fallback_lines[:MAX_LISTED_LINES])
     warnings = t.data_loss_notes(data, assistant_only)
+    if empty_targets:  # the validator's warning, repeated where the rendering is shown
+        warnings.append(empty_target_warning(empty_targets, empty_target_lines))
     if totals.truncated:
         warnings.append(f"{totals.truncated} record(s) are longer than sequence_length {max_length} and would be "
                         "truncated (the start is kept)")
@@ -171,7 +180,8 @@ def _preview_vision(vl: VisionJob, tokenizer, records: list[dict[str, Any]], *, 
     lengths: list[int] = []
     truncated_lines: list[int] = []
     dropped_lines: list[int] = []
-    tokens = trained = scanned = 0
+    tokens = trained = scanned = empty_targets = 0
+    empty_target_lines: list[int] = []
     for record in records:
         if time_budget_s is not None and scanned >= max(examples, 1) and time.monotonic() - started > time_budget_s:
             break
@@ -181,6 +191,11 @@ def _preview_vision(vl: VisionJob, tokenizer, records: list[dict[str, Any]], *, 
             raise LearningMCPError(exc.code, exc.message, param=exc.param) from exc
         scanned += 1
         line = record.get("line", -1)
+        empty = count_empty_targets(record.get("messages"))
+        if empty:
+            empty_targets += empty
+            if len(empty_target_lines) < MAX_LISTED_LINES:
+                empty_target_lines.append(line)
         kept_ids, kept_mask = ids[:max_length], mask[:max_length]
         lengths.append(len(ids))
         if len(ids) > max_length:
@@ -205,6 +220,8 @@ def _preview_vision(vl: VisionJob, tokenizer, records: list[dict[str, Any]], *, 
         trained_tokens=trained, trained_token_share=round(trained / tokens, 4) if tokens else 0.0,
         token_lengths=_lengths(lengths), span_methods={"vision-processor": scanned}, fallback_lines=[])
     warnings = list(vl.notes)
+    if empty_targets:
+        warnings.append(empty_target_warning(empty_targets, empty_target_lines))
     if totals.truncated:
         warnings.append(f"{totals.truncated} record(s) are longer than sequence_length {max_length} (image tokens "
                         "included) and would be truncated or refused")

@@ -133,3 +133,18 @@ def test_invalid_arguments_json_is_an_error_with_the_line(models, tmp_path):
         preview_dataset(path, str(models["qwen2_5"]), models_dir=tmp_path)
     assert caught.value.code == "invalid_dataset" and caught.value.param == "path"
     assert caught.value.message.startswith("line 2: message 1: tool call 'get_forecast' has arguments that are not")
+
+
+def test_empty_replies_get_the_validators_warning(models, tmp_path):
+    from learning_mcp.tools.dataset import validate_jsonl
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]}
+            for reply in ("hello", "", "  \n", "ok")]
+    rows.append({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "weight": 0},
+                              {"role": "user", "content": "y"}, {"role": "assistant", "content": "z"}]})
+    path = write_jsonl(tmp_path / "empty.jsonl", rows)
+    preview = preview_dataset(path, str(models["qwen2_5"]), examples=2, models_dir=tmp_path)
+    expected = "2 trained assistant message(s) are empty or whitespace-only (lines 2, 3)"
+    assert any(w.startswith(expected) for w in preview.warnings), preview.warnings
+    report = validate_jsonl(path)
+    assert any(expected in str(w) for w in report.warnings), report.warnings  # the same text as the validator's

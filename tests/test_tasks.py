@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import subprocess
 
 import pytest
 
+from learning_mcp.tools.rewards import make_verifier
 from learning_mcp.tools.tasks import Task, TaskFileError, load_tasks, parse_task, split_tasks, write_tasks
 
 
@@ -179,3 +182,26 @@ def test_write_tasks_round_trips(tmp_path):
     out = write_tasks(tmp_path / "sub" / "out.jsonl", tasks)
     assert load_tasks(out) == tasks
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_raw_gsm8k_export_gets_the_command_that_converts_it(tmp_path):
+    raw = tmp_path / "gsm8k.jsonl"
+    raw.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"},
+        {"question": "What is 2*3?", "answer": "2*3 = 6\n#### 6"}]) + "\n")
+    with pytest.raises(TaskFileError) as info:
+        load_tasks(raw)
+    message = info.value.message
+    assert "line 1: has no `id`, and no `prompt` (rename `question` to `prompt`)" in message
+    command = message.split("Convert it: ", 1)[1].split(" (GSM8K-form", 1)[0]
+    out = tmp_path / "tasks.jsonl"
+    assert command.startswith("jq -c --slurp ") and command.endswith(f"{raw} > tasks.jsonl"), command
+    if shutil.which("jq"):  # run the command as the user would
+        subprocess.run(command.replace(" > tasks.jsonl", f" > {out}"), shell=True, check=True)
+    else:  # what the jq program does: index -> id, question -> prompt
+        rows = [json.loads(line) for line in raw.read_text().splitlines()]
+        out.write_text("".join(json.dumps({"id": i, "prompt": r["question"], "answer": r["answer"]}) + "\n"
+                               for i, r in enumerate(rows)))
+    tasks = load_tasks(out)
+    assert [t.id for t in tasks] == ["0", "1"] and tasks[1].messages[0]["content"] == "What is 2*3?"
+    assert make_verifier("numeric")(tasks[1], "The answer is 6.") == 1.0  # the GSM8K-form reference is understood

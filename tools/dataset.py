@@ -437,6 +437,24 @@ def _check_content_parts(
     return chars, images
 
 
+def empty_target_warning(count: int, lines: list[int]) -> str:
+    """The warning for ``count`` trained assistant messages with nothing to learn, found on ``lines`` (the first
+    few; "…" when ``count`` is larger). Shared by the validator and ``preview_dataset``."""
+    more = ", …" if count > len(lines) else ""
+    return (f"{count} trained assistant message(s) are empty or whitespace-only (lines {', '.join(map(str, lines))}"
+            f"{more}); training on them teaches the model to reply with nothing: write the replies or give those "
+            "messages weight 0")
+
+
+def count_empty_targets(messages: object) -> int:
+    """How many trained (``weight`` not 0) assistant messages of one example have nothing to learn
+    (:func:`_is_empty_target`); 0 for anything that is not a list of messages."""
+    if not isinstance(messages, list):
+        return 0
+    return sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant" and m.get("weight", 1) != 0
+               and _is_empty_target(m.get("content"), m.get("tool_calls")))
+
+
 def _is_empty_target(content: object, tool_calls: object) -> bool:
     """An assistant target with nothing to learn: no tool calls and no text (empty or whitespace-only)
     and no image in its content."""
@@ -1469,16 +1487,8 @@ def _tally_warnings(tally: _Tally) -> list[tuple[str, str]]:
             )
         )
     if tally.empty_targets:
-        lines = ", ".join(map(str, tally.empty_target_lines))
-        more = ", …" if tally.empty_targets > len(tally.empty_target_lines) else ""
-        warnings.append(
-            (
-                "empty_assistant_target",
-                f"{tally.empty_targets} trained assistant message(s) are empty or whitespace-only (lines {lines}"
-                f"{more}); training on them teaches the model to reply with nothing: write the replies or give "
-                "those messages weight 0",
-            )
-        )
+        warnings.append(("empty_assistant_target", empty_target_warning(tally.empty_targets,
+                                                                        tally.empty_target_lines)))
     if tally.untrainable_examples and tally.untrainable_first is not None:
         warnings.append(
             (

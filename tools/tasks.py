@@ -174,6 +174,17 @@ def _check_messages(messages: Any) -> list[dict]:
     return messages
 
 
+# fields other datasets use for the prompt (GSM8K: question/answer; MATH: problem/solution; Alpaca: instruction)
+_PROMPT_GUESSES = ("question", "problem", "input", "instruction", "query")
+
+
+def _prompt_guess(record: Mapping[str, Any]) -> str | None:
+    """The field ``record`` probably holds its prompt in, when it has neither ``messages`` nor ``prompt``."""
+    if "messages" in record or "prompt" in record:
+        return None
+    return next((guess for guess in _PROMPT_GUESSES if guess in record), None)
+
+
 def _build_messages(record: Mapping[str, Any]) -> list[dict]:
     has_messages = "messages" in record
     has_prompt = "prompt" in record
@@ -191,11 +202,8 @@ def _build_messages(record: Mapping[str, Any]) -> list[dict]:
         messages = [dict(message) for message in _check_messages(record["messages"])]
     else:
         keys = ", ".join(sorted(record)) or "none"
-        hint = ""
-        for guess in ("question", "problem", "input", "instruction", "query"):
-            if guess in record:
-                hint = f"; rename `{guess}` to `prompt`"
-                break
+        guess = _prompt_guess(record)
+        hint = f"; rename `{guess}` to `prompt`" if guess else ""
         raise _RecordProblem("missing_prompt", f"has no `messages` or `prompt` (keys: {keys}){hint}")
     if system:
         if any(m.get("role") == "system" for m in messages):
@@ -216,7 +224,9 @@ def _parse_record(record: Any) -> Task:
     if not isinstance(record, dict):
         raise _RecordProblem("not_an_object", f"is not a JSON object (got {type(record).__name__})")
     if "id" not in record or record["id"] is None:
-        raise _RecordProblem("missing_id", "has no `id`; every task needs a unique string or integer id")
+        guess = _prompt_guess(record)
+        also = f", and no `prompt` (rename `{guess}` to `prompt`)" if guess else ""
+        raise _RecordProblem("missing_id", f"has no `id`{also}; every task needs a unique string or integer id")
     task_id = _normalize_id(record["id"])
     messages = _build_messages(record)
     answer_key = next((key for key in ANSWER_KEYS if key in record), None)
@@ -279,6 +289,13 @@ def load_tasks(path: str | os.PathLike[str]) -> list[Task]:
         if more:
             lines.append(f"... and {more} more")
         header = f"task file {file_path} has {len(problems)} problem(s):"
+        if all(code == "missing_id" for _, code, _ in problems) and not tasks and "rename `" in problems[0][2]:
+            # a raw dataset export (GSM8K's question/answer lines): one command converts the whole file
+            field = problems[0][2].split("rename `", 1)[1].split("`", 1)[0]
+            lines.append(f"This looks like a raw dataset export ({field}/answer). Convert it: jq -c --slurp "
+                         f"'to_entries[] | {{id: .key, prompt: .value.{field}, answer: .value.answer}}' "
+                         f"{file_path} > tasks.jsonl (GSM8K-form answers ending in '#### 72' are read by the "
+                         "numeric, answer, boxed and math verifiers).")
         raise TaskFileError(problems[0][1], "\n".join([header, *lines]), problems)
     if not tasks:
         raise TaskFileError("no_tasks", f"task file {file_path} contains no tasks")
