@@ -24,6 +24,10 @@ TASKS = {
     "add3": (lambda: [(a, b) for a in range(1000) for b in range(10)], "{a}+{b}=?", lambda a, b: a + b),
     "mul3": (lambda: [(a, b) for a in range(1000) for b in range(10)], "{a}*{b}=?", lambda a, b: a * b),
     "diff": (lambda: [(a, b) for a in range(100) for b in range(100)], "|{a}-{b}|=?", lambda a, b: abs(a - b)),
+    "digitsum": (lambda: [(a, 0) for a in range(10000)], "digitsum {a:04d}=?", lambda a, b: sum(map(int, f"{a:04d}"))),
+    "double": (lambda: [(a, 0) for a in range(10000)], "2*{a}=?", lambda a, b: 2 * a),
+    "rev": (lambda: [(a, 0) for a in range(1000, 10000)], "rev {a}=?", lambda a, b: str(a)[::-1]),
+    "max": (lambda: [(a, b) for a in range(100) for b in range(100) if a != b], "max({a},{b})=?", lambda a, b: max(a, b)),
 }
 
 
