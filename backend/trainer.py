@@ -610,7 +610,7 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
         if resume is not None:
             reporter.event("sft.resumed", f"resuming from the checkpoint at step {resume[1]}",
                            {"step": resume[1], "checkpoint": str(resume[0])})
-        train_started = time.perf_counter()
+        train_started, train_cpu_started = time.perf_counter(), time.process_time()
         try:
             with cpu_threads_for(model, device):
                 output = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
@@ -619,6 +619,7 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
         except _CancelRequested:
             raise TrainingCancelled(int(trainer.state.global_step)) from None
         train_seconds = time.perf_counter() - train_started
+        train_cpu_seconds = time.process_time() - train_cpu_started  # this process's CPU time: robust to a busy machine
         restored = keep_best and callback.restore_best(trainer.model)
 
         steps = int(trainer.state.global_step)
@@ -662,6 +663,7 @@ def _train_and_save(req: TrainRequest, reporter: Reporter, *, started: float, re
         finish_data = {"steps": steps, "train_loss": result.train_loss, "train_loss_mean": result.train_loss_mean,
                        "first_loss": callback.first_loss, "val_loss": val_loss, "train_tokens": train_tokens,
                        "tokens_per_second": result.tokens_per_second, "seconds": round(result.seconds, 3),
+                       "train_seconds": round(train_seconds, 3), "train_cpu_seconds": round(train_cpu_seconds, 3),
                        "output_dir": str(req.output_dir), "kind": kind}
         if restored:
             finish_data["best_step"] = callback.best_step

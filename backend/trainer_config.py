@@ -159,8 +159,9 @@ def build_sft_config(hparams: dict | SFTHyperparameters, n_examples: int, device
     }
     if hp.max_grad_norm is not None:
         config["max_grad_norm"] = hp.max_grad_norm
-    if not on_gpu:
-        config["optim"] = "adamw_torch"
+    # no `optim`: transformers' default, the fused AdamW with torch >= 2.8, on CPU too (one kernel per parameter
+    # instead of several elementwise ops: ~15% faster steps than "adamw_torch" for the small test model on CPU, the
+    # same losses; tests/bench/bench_train.py)
     if has_eval:
         strategy = hp.evaluation_strategy or "steps"
         eval_steps = hp.eval_steps or 0

@@ -52,6 +52,7 @@ def test_build_sft_config_maps_synth_hyperparameters():
     assert config["lr_scheduler_type"] == "linear"
     assert config["use_cpu"] and not config["bf16"] and not config["fp16"]
     assert config["activation_checkpointing"] is False  # never on CPU
+    assert "optim" not in config  # transformers' default (fused AdamW with torch >= 2.8), on CPU too
     assert config["report_to"] == "none" and config["save_strategy"] == "no"
     assert config["eval_strategy"] == "no" and config["packing"] is False
     # 100 examples / 4 = 25 batches / 8 accumulation = 4 steps per epoch, 2 epochs → 8 steps, log every step
