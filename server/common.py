@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import difflib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import re
 import sys
 import traceback
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -176,16 +177,60 @@ def harden_tool_calls(server: MCPServer) -> None:
     server.middleware.append(middleware)
 
 
+def unknown_arguments_text(tool: str, given: Iterable[str], declared: Iterable[str]) -> str:
+    """``[invalid_arguments] tool: unknown argument(s) a, b (did you mean …?); this tool takes: x, y``."""
+    declared = sorted(declared)
+    unknown = [_clean_text(str(a)) for a in given]
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{close[0]} for {name}" if len(unknown) > 1 else close[0])
+    did_you_mean = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    takes = ", ".join(declared) or "no arguments"
+    return (f"[invalid_arguments] {tool}: unknown argument(s) {', '.join(unknown)}{did_you_mean}; this tool takes: "
+            f"{takes}. Call {tool} again with only those arguments (tools/list shows each one's schema).")
+
+
 def reject_unknown_tools(server: MCPServer) -> None:
     """Answer a call to an unknown tool with JSON-RPC -32602, as both spec revisions require (MCPServer still
-    answers with an isError result: python-sdk#3659). Same middleware as the reference servers."""
+    answers with an isError result: python-sdk#3659). Same middleware as the reference servers.
+
+    Arguments the tool's input schema does not declare are refused too (the SDK's argument models drop them
+    silently, so ``dry_run`` misspelt would start a real run): ``[invalid_arguments] tool: unknown argument(s) …``.
+    That check wraps :meth:`MCPServer.call_tool` rather than living in the middleware, so the refusal is an
+    ordinary ``isError`` tool result that the SDK shapes for either protocol era."""
+    declared: dict[str, frozenset[str] | None] = {}  # tool name -> property names (None: takes anything)
+
+    async def properties_of(name: str) -> frozenset[str] | None | bool:
+        """The tool's declared argument names; None when its schema admits extra ones; False: no such tool."""
+        if name not in declared:  # a miss refreshes the cache (a tool added after the first call)
+            declared.clear()
+            for tool in await server.list_tools():
+                schema = tool.input_schema if isinstance(tool.input_schema, dict) else {}
+                props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+                declared[tool.name] = None if schema.get("additionalProperties") not in (None, False) \
+                    else frozenset(props)
+        return declared.get(name, False)
+
     async def middleware(ctx: ServerRequestContext, call_next: CallNext):
         if ctx.method == "tools/call" and ctx.params is not None:
             name = ctx.params.get("name")
-            if isinstance(name, str) and name not in {tool.name for tool in await server.list_tools()}:
+            if isinstance(name, str) and await properties_of(name) is False:
                 raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
         return await call_next(ctx)
 
+    call_tool = server.call_tool
+
+    async def checked_call_tool(name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        props = await properties_of(name)
+        if isinstance(props, frozenset) and isinstance(arguments, dict):
+            unknown = [key for key in arguments if key not in props]
+            if unknown:
+                raise ToolError(f"Error executing tool {name}: {unknown_arguments_text(name, unknown, props)}")
+        return await call_tool(name, arguments, context)
+
+    server.call_tool = checked_call_tool  # type: ignore[method-assign]
     server.middleware.append(middleware)
 
 

@@ -456,6 +456,25 @@ async def test_argument_validation_is_a_tool_error(server, mode, anyio_backend):
             result.content[0].text
 
 
+@pytest.mark.anyio
+async def test_unknown_arguments_are_refused(server, mode, anyio_backend):
+    """An argument the tool's schema does not declare is refused before the tool runs (a misspelt dry_run must not
+    start a real loop), with the tool's own argument names and a "did you mean" for a close one."""
+    async with connect(server, mode) as s:
+        result = await s.client.call_tool("run_sft_loop", {"config": "model = 'x'", "dry_run": True, "bogus_arg": 5})
+        text = result.content[0].text
+        assert result.is_error and error_code(result) == "invalid_arguments", text
+        assert "run_sft_loop: unknown argument(s) dry_run, bogus_arg; this tool takes: " in text, text
+        assert "wait_seconds" in text and "config" in text
+        result = await s.client.call_tool("get_job_status", {"job_id": "ftjob-x", "wait_second": 5})
+        text = result.content[0].text
+        assert result.is_error and "unknown argument(s) wait_second (did you mean wait_seconds?)" in text, text
+        result = await s.client.call_tool("list_loops", {"x": 1})
+        assert result.is_error and "list_loops: unknown argument(s) x; this tool takes: no arguments" in \
+            result.content[0].text
+        await s.fails("filter_traces", {"run_id": "x", "nope": 1}, "invalid_arguments", "nope")
+
+
 # ------------------------------------------------------------------------------------------------------
 # a backend that is down or misbehaves
 # ------------------------------------------------------------------------------------------------------
