@@ -37,9 +37,17 @@ async def test_filter_traces_with_overwrite_and_no_match_keeps_the_users_file(tm
     precious.write_text("keep me\n")
     async with Client(_server(tmp_path)) as client:
         r = await client.call_tool("filter_traces", {"db": str(db), "output": str(precious), "overwrite": True,
-                                                     "run_id": "no-such-run"})
+                                                     "run_id": "run-a", "reward_threshold": 1.5})
         assert not r.is_error, r.content[0].text
         assert r.structured_content["written"] == 0
+        assert precious.read_text() == "keep me\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "precious.jsonl", "traces.db"]
+        # a run_id with no traces at all is refused (a typo must not look like "nothing matched"), file untouched
+        r = await client.call_tool("filter_traces", {"db": str(db), "output": str(precious), "overwrite": True,
+                                                     "run_id": "eval-nope"})
+        text = r.content[0].text
+        assert r.is_error and f"[unknown_run] no traces for run_id 'eval-nope' in {db}" in text, text
+        assert "eval_id" in text and "loop_id" in text and "list_loops" in text
         assert precious.read_text() == "keep me\n"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "precious.jsonl", "traces.db"]
         # a match with overwrite=true replaces it (that is what overwrite means), atomically
@@ -50,8 +58,11 @@ async def test_filter_traces_with_overwrite_and_no_match_keeps_the_users_file(tm
             ["p2-answer-0"]
         # no match and no file: nothing is created
         fresh = tmp_path / "fresh.jsonl"
-        r = await client.call_tool("filter_traces", {"db": str(db), "output": str(fresh), "run_id": "none"})
+        r = await client.call_tool("filter_traces", {"db": str(db), "output": str(fresh), "run_id": "run-a",
+                                                     "reward_threshold": 1.5})
         assert not r.is_error and r.structured_content["written"] == 0 and not fresh.exists()
+        r = await client.call_tool("filter_traces", {"db": str(db), "output": str(fresh), "run_id": "none"})
+        assert r.is_error and "[unknown_run]" in r.content[0].text and not fresh.exists()
         assert not [p for p in tmp_path.iterdir() if ".filtering" in p.name]
 
 

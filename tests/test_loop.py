@@ -363,7 +363,7 @@ async def test_filter_traces_never_clobbers_a_file(backend, seed_model, tmp_path
         assert r.is_error and "[output_exists]" in r.content[0].text
         assert precious.read_text() == "keep me\n"
         r = await client.call_tool("filter_traces", {"run_id": "typo", "output": str(tmp_path / "new.jsonl")})
-        assert r.structured_content["written"] == 0 and not (tmp_path / "new.jsonl").exists()
+        assert r.is_error and "[unknown_run]" in r.content[0].text and not (tmp_path / "new.jsonl").exists()
         r = await client.call_tool("filter_traces", {"db": str(precious), "output": str(tmp_path / "x.jsonl")})
         assert r.is_error and "[invalid_db]" in r.content[0].text
 

@@ -44,7 +44,7 @@ async def filter_traces_call(*, loops_root: Path, traces_db: Path, config: str |
                              max_per_problem: int | None, dedupe: bool | None, limit: int | None,
                              overwrite: bool) -> tuple[FilterResult, str]:
     """What the ``filter_traces`` tool does; returns ``(result, one-line summary)``. Raises ``ToolFailure``
-    (invalid_filter_config, db_not_found, invalid_db, output_exists)."""
+    (invalid_filter_config, db_not_found, invalid_db, unknown_run, output_exists)."""
     base: dict[str, Any] = {}
     if config:
         try:
@@ -82,6 +82,10 @@ async def filter_traces_call(*, loops_root: Path, traces_db: Path, config: str |
         except sqlite3.DatabaseError as exc:
             raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
         try:
+            if spec.run_id is not None and not store.count(run_id=spec.run_id):  # before anything is written
+                raise ToolFailure("unknown_run", f"no traces for run_id {spec.run_id!r} in {db_path}; eval returns "
+                                                 "an eval_id, run_sft_loop a loop_id (list_loops lists them): pass "
+                                                 "one of those as run_id, or leave run_id out to filter every run")
             report = run_filter(dataclasses.replace(spec, output=str(staged)), store)
         except sqlite3.DatabaseError as exc:
             raise ToolFailure("invalid_db", f"{db_path} is not a trace database ({exc})") from None
