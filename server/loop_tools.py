@@ -16,7 +16,8 @@ from pydantic import Field
 from learning_mcp.tools.config_source import CONFIG_ARG_HELP
 from learning_mcp.server.common import (CANCELS, READ_ONLY_LOCAL, STARTS_WORK, result, state_of,
                                         tool_errors)
-from learning_mcp.tools.eval_runs import EvalStatusResult, eval_call
+from learning_mcp.tools import eval_runs
+from learning_mcp.tools.eval_runs import EvalStatusResult, eval_call, remaining_wait
 from learning_mcp.tools.filter_run import FilterResult, filter_traces_call
 from learning_mcp.tools.loop import (LOOP_CHART_FILE, default_warnings, loop_config_with_sources, preflight,
                                      preflight_model)
@@ -61,6 +62,7 @@ def register_loop_tools(server: MCPServer) -> None:
         Refused before any sampling: a bad task file (every bad line listed), a bad verifier or SFT config, a
         base_model the sampling endpoint cannot load ([model_not_loadable]).
         """
+        started = anyio.current_time()  # the probe's time counts against wait_seconds (the call returns in ~45 s)
         with tool_errors("starting the loop"):
             cfg, resolved = loop_config_with_sources(config, {
                 "base_model": base_model, "tasks": tasks, "verifier": verifier, "iterations": iterations, "n": n,
@@ -70,9 +72,9 @@ def register_loop_tools(server: MCPServer) -> None:
             api = await state_of(ctx).client()
             environ = state_of(ctx).settings.environ
             await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target, environ))
-            await preflight_model(cfg, api.target, environ)
+            await preflight_model(cfg, api.target, environ, timeout_s=eval_runs.PROBE_TIMEOUT_S)
             state = await manager(ctx).start(cfg, resolved=resolved, warnings=default_warnings(resolved))
-            state = await manager(ctx).wait(state.loop_id, wait_seconds, ctx)
+            state = await manager(ctx).wait(state.loop_id, remaining_wait(started, wait_seconds), ctx)
         status = loop_status(state, manager(ctx).loop_dir(state.loop_id))
         return result(status, f"loop {state.loop_id}: {state.state} — {state.message}")
 

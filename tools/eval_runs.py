@@ -26,6 +26,18 @@ from learning_mcp.tools.traces import TraceStore
 
 log = logging.getLogger("learning_mcp.server.loops")
 
+#: A tool call that probes a model and then waits (``eval``, ``run_sft_loop``) returns within this many seconds in
+#: all: the probe's time counts against it and the wait gets what is left (each call must return within ~50 s).
+CALL_BUDGET_S = 45.0
+#: The model probe (one greedy 1-token request): a slow or silent endpoint is left to the run after this long.
+PROBE_TIMEOUT_S = 10.0
+
+
+def remaining_wait(started: float, wait_seconds: float) -> float:
+    """What is left of ``wait_seconds`` once the call (started at ``anyio.current_time()`` = ``started``) must still
+    return within :data:`CALL_BUDGET_S` in all."""
+    return max(0.0, min(wait_seconds, CALL_BUDGET_S - (anyio.current_time() - started)))
+
 
 class EvalStatusResult(BaseModel):
     eval_id: str
@@ -119,7 +131,7 @@ class EvalRuns:
         except PermissionError as exc:
             raise ToolFailure("key_not_allowed", str(exc)) from None
         try:
-            reason = await probe_model(normalize_chat_url(url), model, api_key=key)
+            reason = await probe_model(normalize_chat_url(url), model, api_key=key, timeout_s=PROBE_TIMEOUT_S)
         except ChatEndpointError:
             reason = None  # a bad URL fails the eval with its own error
         if reason is not None:  # refused up front, as run_sft_loop does, not after the eval has started
@@ -158,8 +170,10 @@ async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, spl
                     wait_seconds: float, include_samples: int = 0,
                     chat_template_kwargs: dict | None = None) -> tuple[EvalStatusResult, str]:
     """What the ``eval`` tool does: start an eval (or look one up by ``eval_id``), wait up to ``wait_seconds``
-    and return ``(result, one-line summary)``. Raises ``ToolFailure`` (unknown_eval, missing_arguments,
+    (less the time the model probe took: the call returns within :data:`CALL_BUDGET_S`) and return
+    ``(result, one-line summary)``. Raises ``ToolFailure`` (unknown_eval, missing_arguments,
     invalid_split, no_problems, and the task-file / verifier codes)."""
+    started = anyio.current_time()
     if eval_id:
         run = runs.evals.get(eval_id)
         if run is None:
@@ -177,7 +191,7 @@ async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, spl
                                               "top_p": top_p, "max_tokens": max_tokens,
                                               "chat_template_kwargs": chat_template_kwargs,
                                               "val_fraction": val_fraction, "split_seed": split_seed})
-    with anyio.move_on_after(wait_seconds):
+    with anyio.move_on_after(remaining_wait(started, wait_seconds)):
         await run.done.wait()
     summary = run.summary or {}
     next_step = (f"Call eval(eval_id={run.eval_id!r}) again for the result." if run.state == "running" else
