@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from learning_mcp import __version__
 from learning_mcp.paths import data_dir as resolve_data_dir
 from learning_mcp.tools.atomic import write_text_atomic
 from learning_mcp.tools.errors import validation_problems
-from learning_mcp.tools.settings import LOCAL_KEY_ENV_VAR, Settings
+from learning_mcp.tools.settings import LOCAL_KEY_ENV_VAR, Settings, redact
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,44 @@ class BackendInfo:
 
 
 class BackendStartError(RuntimeError):
-    pass
+    """The embedded backend could not be started. ``reason``: the backend's own error line from its log
+    (``[code] message`` or ``Error: …``, secrets redacted), when it wrote one; ``missing_training_stack``: the log
+    shows an ImportError / ModuleNotFoundError (the training extra is not installed)."""
+
+    def __init__(self, message: str, *, reason: str | None = None, missing_training_stack: bool = False):
+        super().__init__(message)
+        self.reason = reason
+        self.missing_training_stack = missing_training_stack
+
+
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+ +(?:CRITICAL|ERROR|WARNING|INFO|DEBUG) +[\w.]+: ?")
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception)\b: ")
+_IMPORT_FAILURE = re.compile(r"\b(?:ImportError|ModuleNotFoundError)\b")
+
+
+def _secret_values(environ: Mapping[str, str] | None) -> list[str]:
+    """Values of key-like variables (``*_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``) of ``environ``
+    (None: this process's environment): redacted from log text before anyone reads it."""
+    env = os.environ if environ is None else environ
+    return [v for k, v in env.items() if k.upper().endswith(("_KEY", "_TOKEN", "_SECRET", "_PASSWORD"))]
+
+
+def start_failure_reason(log_text: str, environ: Mapping[str, str] | None = None) -> tuple[str | None, bool]:
+    """``(reason, missing_training_stack)`` from what a backend that failed to start wrote to its log:
+    ``reason`` is the last line that (after the logging prefix) starts with ``[`` or ``Error``, else the last
+    exception line of a traceback (``XError: …``), redacted and cut to 600 characters; ``missing_training_stack``
+    is True when the text shows an ImportError or ModuleNotFoundError."""
+    reason = fallback = None
+    for raw in log_text.splitlines():
+        line = _LOG_PREFIX.sub("", raw.strip(), count=1).strip()
+        if line.startswith("[") and "]" in line[:60] or line.startswith("Error"):
+            reason = line
+        elif _EXCEPTION_LINE.match(line):
+            fallback = line
+    reason = reason or fallback
+    if reason is not None:
+        reason = redact(" ".join(reason.split()), _secret_values(environ))[:600]
+    return reason, bool(_IMPORT_FAILURE.search(log_text))
 
 
 def _is_loopback(host: str) -> bool:
@@ -107,7 +145,7 @@ def load_settings(env_files: list[str] | tuple[str, ...] = (), **overrides) -> S
         raise BackendStartError(str(exc)) from None
     except ValidationError as exc:
         problems = validation_problems(exc.errors())
-        raise BackendStartError(f"invalid setting: {problems}") from None
+        raise BackendStartError(f"[invalid_setting] {problems}") from None
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, data_dir: str | os.PathLike | None = None,
@@ -192,7 +230,9 @@ def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0,
         port = free_port()
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        log_file = open(logs / "backend.log", "ab")
+        log_path = logs / "backend.log"
+        log_file = open(log_path, "ab")
+        log_start = log_file.tell()  # what this start appends is read back if it fails
         cmd = [sys.executable, "-m", "learning_mcp", "backend", "--host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(data_dir)]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -203,8 +243,17 @@ def ensure_backend(data_dir: Path, *, start_timeout_s: float = 60.0,
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                try:
+                    with open(log_path, "rb") as f:
+                        f.seek(log_start)
+                        text = f.read(1_000_000).decode("utf-8", "replace")
+                except OSError:
+                    text = ""
+                reason, missing = start_failure_reason(text, environ)
+                said = f": {reason}" if reason else ""
                 raise BackendStartError(
-                    f"the embedded backend exited during start-up ({proc.returncode}); see {logs / 'backend.log'}")
+                    f"the embedded backend exited during start-up ({proc.returncode}){said}; see {log_path}",
+                    reason=reason, missing_training_stack=missing)
             if healthy(url, timeout=1.0):
                 log.info("started the embedded backend at %s (pid %s)", url, proc.pid)
                 return BackendInfo(url, proc.pid, True)

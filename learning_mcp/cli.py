@@ -126,7 +126,7 @@ def _settings(args: argparse.Namespace) -> Settings | None:
         return Settings.load(args.env_file, backend_url=args.backend_url, data_dir=args.data_dir)
     except ValidationError as exc:
         problems = validation_problems(exc.errors())
-        sys.stderr.write(f"Error: invalid setting ({problems})\n")
+        sys.stderr.write(f"[invalid_setting] {problems}\n")
         return None
 
 

@@ -121,10 +121,18 @@ class AppState:
         try:
             info = await anyio.to_thread.run_sync(lambda: ensure_backend(self.data_dir, environ=self.settings.environ))
         except BackendStartError as exc:
+            if exc.missing_training_stack:  # the log shows an ImportError: the training extra is missing
+                fix = ("Install the training extra in the learning-mcp checkout (pip install -e '.[train]'), or set "
+                       "SYNTH_API_KEY to use Synth's hosted API.")
+            elif exc.reason:
+                fix = ("Fix what the backend's error says (a LEARNING_MCP_* setting in the environment or the "
+                       "--env-file), restart learning-mcp, then call diagnose; or set SYNTH_API_KEY to use Synth's "
+                       "hosted API.")
+            else:
+                fix = ("Read the log named above, fix what it says, restart learning-mcp and call diagnose; or set "
+                       "SYNTH_API_KEY to use Synth's hosted API.")
             raise ToolFailure("backend_start_failed",
-                              f"could not start the embedded learning backend: {exc}. Install the training extra in "
-                              "the learning-mcp checkout (pip install -e '.[train]'), or set SYNTH_API_KEY to use "
-                              "Synth's hosted API.") from None
+                              f"could not start the embedded learning backend: {exc}. {fix}") from None
         return Target(f"{info.url}/api", "local", self.settings.local_key)
 
     async def aclose(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -628,3 +629,56 @@ async def test_unknown_tool_is_a_protocol_error(tmp_path, mode):
         with pytest.raises(MCPError) as info:
             await client.call_tool("no_such_tool", {})
     assert "Unknown tool: no_such_tool" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the embedded backend cannot start: the reason is the backend's own error line
+# ------------------------------------------------------------------------------------------------------
+BACKEND_ENV_VARS = ("SYNTH_API_KEY", "SYNTH_BACKEND_URL", "BACKEND_BASE_URL", "SYNTH_BACKEND_OVERRIDE",
+                    "LEARNING_MCP_BACKEND_URL", "LEARNING_MCP_DATA_DIR", "LEARNING_MCP_INFERENCE_ENGINE")
+
+
+@pytest.mark.anyio
+async def test_embedded_backend_start_failure_names_the_reason(tmp_path, anyio_backend):
+    """LEARNING_MCP_INFERENCE_ENGINE=vllm on a machine without vLLM (this one has neither vLLM nor a GPU): the
+    tool's error carries the backend's own [vllm_unavailable] line, not a wrong install hint."""
+    pytest.importorskip("torch")
+    import importlib.util
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    environ = {k: v for k, v in os.environ.items() if k not in BACKEND_ENV_VARS}
+    environ |= {"LEARNING_MCP_INFERENCE_ENGINE": "vllm", "SECRET_TEST_KEY": "sk-do-not-show-1234"}
+    settings = Settings.load(data_dir=str(tmp_path / "data"), environ=environ)
+    async with Client(create_server(settings)) as client:
+        result = await client.call_tool("list_jobs", {})
+    text = result.content[0].text
+    assert result.is_error and "[backend_start_failed]" in text, text
+    assert "[vllm_unavailable] LEARNING_MCP_INFERENCE_ENGINE=vllm but vllm is not importable" in text, text
+    assert "backend.log" in text and "pip install -e '.[train]')" not in text, text
+
+
+def test_start_failure_reason_reads_the_log():
+    from learning_mcp.backend.launcher import start_failure_reason
+
+    log = ("2026-01-01 10:00:00,000 INFO learning_mcp.backend.launcher: starting\n"
+           "2026-01-01 10:00:01,000 ERROR learning_mcp.backend.launcher: [vllm_unavailable] no GPU; key sk-secret-99\n")
+    assert start_failure_reason(log, {"X_API_KEY": "sk-secret-99"}) == ("[vllm_unavailable] no GPU; key ***", False)
+    assert start_failure_reason("[invalid_setting] LEARNING_MCP_INFERENCE_ENGINE: Input should be 'auto'\n", {}) == \
+        ("[invalid_setting] LEARNING_MCP_INFERENCE_ENGINE: Input should be 'auto'", False)
+    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nModuleNotFoundError: No module named 'torch'\n"
+    assert start_failure_reason(trace, {}) == ("ModuleNotFoundError: No module named 'torch'", True)
+    assert start_failure_reason("", {}) == (None, False)
+
+
+def test_invalid_engine_setting_has_a_code(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in BACKEND_ENV_VARS} | {
+        "LEARNING_MCP_INFERENCE_ENGINE": "bogus"}
+    for args in (["backend", "--port", str(free_port()), "--data-dir", str(tmp_path)], []):
+        proc = subprocess.run([sys.executable, "-m", "learning_mcp", *args], env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "[invalid_setting] LEARNING_MCP_INFERENCE_ENGINE: Input should be 'auto', 'transformers' or 'vllm'" \
+            in proc.stderr, proc.stderr
