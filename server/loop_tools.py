@@ -48,7 +48,8 @@ def register_loop_tools(server: MCPServer) -> None:
         sample_from: Annotated[str | None, Field(description="latest | best: the model that samples next")] = None,
         chat_template_kwargs: Annotated[dict[str, Any] | None, Field(
             description="passed to the chat template when sampling, e.g. {\"enable_thinking\": false}")] = None,
-        wait_seconds: Annotated[float, Field(ge=0, le=50, description="wait this long before returning")] = 20,
+        wait_seconds: Annotated[float, Field(ge=0, le=50, description=(
+            "wait this long before returning (the model probe's time comes off it: ~45 s in all)"))] = 20,
     ) -> Annotated[CallToolResult, LoopStatusResult]:
         """Start ReST-EM self-training: eval the model on the train problems (n samples each), keep the samples
         the verifier accepts, fine-tune on them, evaluate greedily on held-out problems, repeat.
@@ -168,7 +169,8 @@ def register_loop_tools(server: MCPServer) -> None:
         ctx: Context,
         config: Annotated[str | None, Field(description=f"Synth filter config with a [filter] table: "
                                                         f"{CONFIG_ARG_HELP}")] = None,
-        run_id: Annotated[str | None, Field(description="eval_id or loop_id whose traces to filter")] = None,
+        run_id: Annotated[str | None, Field(description="eval_id or loop_id whose traces to filter (one with no "
+                                                        "traces at all is refused: [unknown_run])")] = None,
         db: Annotated[str | None, Field(description="trace database (default: this server's)")] = None,
         output: Annotated[str | None, Field(description="JSONL to write (default: next to the database)")] = None,
         reward_threshold: Annotated[float | None, Field(description="keep samples with reward ≥ this")] = None,

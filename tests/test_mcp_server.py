@@ -665,7 +665,8 @@ def test_start_failure_reason_reads_the_log():
     assert start_failure_reason(log, {"X_API_KEY": "sk-secret-99"}) == ("[vllm_unavailable] no GPU; key ***", False)
     assert start_failure_reason("[invalid_setting] LEARNING_MCP_INFERENCE_ENGINE: Input should be 'auto'\n", {}) == \
         ("[invalid_setting] LEARNING_MCP_INFERENCE_ENGINE: Input should be 'auto'", False)
-    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nModuleNotFoundError: No module named 'torch'\n"
+    trace = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+             "ModuleNotFoundError: No module named 'torch'\n")
     assert start_failure_reason(trace, {}) == ("ModuleNotFoundError: No module named 'torch'", True)
     assert start_failure_reason("", {}) == (None, False)
 
