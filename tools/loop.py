@@ -40,12 +40,13 @@ from learning_mcp.tools.client import LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import is_file as config_is_file
 from learning_mcp.tools.config_source import parse_toml, path_exists, read_config_source
 from learning_mcp.tools.errors import ToolFailure, api_failure, validation_problems
+from learning_mcp.tools.eval_runs import traces_zero_score_warning
 from learning_mcp.tools.export_ops import export_model
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
 from learning_mcp.tools.model_checks import lora_selected, model_config_json
-from learning_mcp.tools.rewards import VerifierError, make_verifier, zero_score_warning
+from learning_mcp.tools.rewards import VerifierError, make_verifier
 from learning_mcp.tools.sampling import EvalSummary, normalize_chat_url, probe_model
 from learning_mcp.tools.settings import endpoint_key
 from learning_mcp.tools.sft_config import SFT_SECTIONS, ConfigError, build_sft_plan
@@ -584,18 +585,11 @@ class LoopRunner:
         return last.fine_tuned_model if last and last.fine_tuned_model else self.cfg.base_model
 
     def _zero_score_warning(self, store: TraceStore, val, verifier) -> str | None:
-        """:func:`~learning_mcp.tools.rewards.zero_score_warning` on the seed model's validation traces."""
+        """:func:`~learning_mcp.tools.eval_runs.traces_zero_score_warning` on the seed model's validation traces."""
         if verifier is None:  # a task app scores its own rollouts
             return None
-        rows = store.query(run_id=self.state.loop_id, iterations=0, phases="val_eval")
-        rewards: dict[str, list[float | None]] = {}
-        completions: dict[str, str] = {}
-        for row in rows:
-            rewards.setdefault(row.problem_id, []).append(row.reward)
-            completions.setdefault(row.problem_id, row.completion)
-        by_id = {task.id: task for task in val}
-        examples = [(by_id[pid], text) for pid, text in list(completions.items())[:3] if pid in by_id]
-        return zero_score_warning(rewards, verifier, examples=examples, threshold=self.cfg.reward_threshold)
+        return traces_zero_score_warning(store, run_id=self.state.loop_id, iteration=0, phase="val_eval", tasks=val,
+                                         verifier=verifier, threshold=self.cfg.reward_threshold)
 
     def _write_chart(self) -> None:
         """``<loop_dir>/chart.png`` (:func:`~learning_mcp.tools.charts.loop_chart_png`); skipped without matplotlib."""
