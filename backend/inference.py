@@ -616,7 +616,11 @@ class InferenceEngine:
         try:
             tokenizer = load_tokenizer(resolved)
             model = load_model_for_inference(resolved, device, dtype, models_dir=self.models_dir)
-        except Exception as exc:
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+            # the files are not a loadable model (no weights, no tokenizer files, a bad config): retrying cannot help
+            raise InferenceError(422, "model_not_loadable", f"cannot load model {model_id!r}: "
+                                 f"{type(exc).__name__}: {exc}", "model") from exc
+        except Exception as exc:  # out of memory, a device error: may pass
             raise InferenceError(500, "model_load_failed", f"cannot load model {model_id!r}: "
                                  f"{type(exc).__name__}: {exc}", "model") from exc
         tokenizer.padding_side = "left"

@@ -382,12 +382,14 @@ async def _loop(args: argparse.Namespace, settings: Settings, out: _Output) -> i
         try:
             cfg = loop_config_from(args.config, {})
             client = await app.client()
-            await anyio.to_thread.run_sync(lambda: preflight(cfg, client.target, settings.environ))
-            state = await app.loops.start(cfg)
+            config_warnings = await anyio.to_thread.run_sync(lambda: preflight(cfg, client.target, settings.environ))
+            state = await app.loops.start(cfg, warnings=config_warnings)
         except LearningMCPError as exc:
             out.error(exc.code, exc.message)
             return _exit_for(exc)
         out.info(f"loop {state.loop_id} started (state in {app.loops.loop_dir(state.loop_id)})")
+        for warning in config_warnings:
+            out.info(f"warning: {warning}")
         with out.job_progress() as bar:
             task = bar.add_task(f"loop {state.loop_id}", total=cfg.iterations, extra="")
             while True:

@@ -72,9 +72,10 @@ def register_loop_tools(server: MCPServer) -> None:
                 "chat_template_kwargs": chat_template_kwargs})
             api = await state_of(ctx).client()
             environ = state_of(ctx).settings.environ
-            await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target, environ))
+            config_warnings = await anyio.to_thread.run_sync(lambda: preflight(cfg, api.target, environ))
             await preflight_model(cfg, api.target, environ, timeout_s=eval_runs.PROBE_TIMEOUT_S)
-            state = await manager(ctx).start(cfg, resolved=resolved, warnings=default_warnings(resolved))
+            state = await manager(ctx).start(cfg, resolved=resolved,
+                                             warnings=default_warnings(resolved) + config_warnings)
             state = await manager(ctx).wait(state.loop_id, remaining_wait(started, wait_seconds), ctx)
         status = loop_status(state, manager(ctx).loop_dir(state.loop_id))
         return result(status, f"loop {state.loop_id}: {state.state} — {state.message}")

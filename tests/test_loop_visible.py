@@ -31,6 +31,9 @@ async def test_bad_model_and_bad_task_lines_are_refused_before_the_loop(backend,
                               json.dumps({"id": "a", "prompt": "1+2=?", "answer": "3"})]) + "\n")
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
+    broken = tmp_path / "broken-model"  # has a config.json, but no tokenizer or weights: only loading can tell
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
     async with Client(server(backend, tmp_path / "mcp"), mode=mode) as client:
         r = await client.call_tool("run_sft_loop", {"base_model": seed_model, "tasks": str(bad)})
         text = r.content[0].text
@@ -38,7 +41,7 @@ async def test_bad_model_and_bad_task_lines_are_refused_before_the_loop(backend,
         for line in ("line 2", "line 4", "line 5"):  # every bad line, with its number
             assert line in text, text
         assert "— each task line" not in text
-        for model in (str(not_a_model), str(tmp_path / "missing-model")):
+        for model in (str(not_a_model), str(tmp_path / "missing-model"), str(broken)):
             r = await client.call_tool("run_sft_loop", {"base_model": model, "tasks": str(tasks),
                                                         "hyperparameters": LOOP_HP})
             text = r.content[0].text
@@ -130,3 +133,27 @@ async def test_a_verifier_that_scores_nothing_is_reported_at_the_start(backend, 
         warning = " ".join(st["warnings"])
         assert "scored all 10 validation problem(s) 0" in warning, st
         await client.call_tool("cancel_loop", {"loop_id": loop_id})
+
+
+async def test_loop_config_typos_are_named(backend, seed_model, tmp_path):
+    """A misspelt loop table or setting is refused with a "did you mean"; a misspelt SFT key reaches the loop's
+    warnings the way create_job reports it (a fresh-user trial saw all three ignored without a word)."""
+    tasks = one_digit_tasks(tmp_path / "tasks.jsonl")
+    base = f'[loop]\nbase_model = "{seed_model}"\ntasks = "{tasks}"\niterations = 1\n'
+    async with Client(server(backend, tmp_path / "mcp")) as client:
+        r = await client.call_tool("run_sft_loop", {"config": base + "[filtr]\nmax_per_problem = 1\n"})
+        assert r.is_error and "[invalid_loop_config]" in r.content[0].text, r.content[0].text
+        assert "[filtr]" in r.content[0].text and "did you mean [filter]?" in r.content[0].text
+        r = await client.call_tool("run_sft_loop", {"config": base.replace("iterations", "iteratons")})
+        text = r.content[0].text
+        assert r.is_error and "unknown setting 'iteratons' (did you mean 'iterations'?)" in text, text
+        assert "Pass base_model and tasks" not in text
+        hp = "".join(f"{k} = {v}\n" for k, v in LOOP_HP.items())
+        r = await client.call_tool("run_sft_loop", {"config": base + '[algorithm]\ntype = "offline"\nmethod = "sft"\n'
+                                                   'variety = "fft"\n[hyperparameters]\n' + hp +
+                                                   "learning_rat = 1e-3\n", "wait_seconds": 0})
+        assert not r.is_error, r.content[0].text
+        out = r.structured_content
+        assert any("hyperparameters.learning_rat" in w and "did you mean hyperparameters.learning_rate?" in w
+                   for w in out["warnings"]), out["warnings"]
+        await client.call_tool("cancel_loop", {"loop_id": out["loop_id"]})

@@ -316,6 +316,12 @@ def test_zero_score_warning_only_when_nothing_scored():
     assert zero_score_warning({"a": [0.4]}, verifier, threshold=0.5) is not None
 
 
+def test_zero_score_warning_on_empty_completions_points_at_sampling():
+    text = zero_score_warning({"a": [0.0], "b": [0.0]}, make_verifier("exact"), all_empty=True)
+    assert text is not None and "every completion was EMPTY" in text and "max_tokens" in text
+    assert "reference or answer format" not in text
+
+
 # -- through the MCP `eval` tool ---------------------------------------------------------------------------------
 
 
@@ -348,3 +354,8 @@ async def test_mcp_eval_tool_with_the_math_verifier_reads_gsm8k_references(backe
                 results[verifier] = r.structured_content
     assert results["math"]["problems"] == 3 and results["math"]["pass_at_1"] == 1.0, results["math"]
     assert results["exact"]["pass_at_1"] == 0.0
+    # an eval whose verifier scores everything 0 says so (as a loop does at its start), with what it read
+    assert results["math"]["warnings"] == []
+    assert len(results["exact"]["warnings"]) == 1, results["exact"]
+    warning = results["exact"]["warnings"][0]
+    assert "The exact verifier scored all 3 problem(s) 0 in this eval" in warning and "'math'" in warning, warning

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from learning_mcp.tools.errors import ToolFailure
 from learning_mcp.tools.evaluate import ChatEndpointError, SamplingSettings, evaluate
 from learning_mcp.tools.sampling import normalize_chat_url, probe_model
-from learning_mcp.tools.rewards import VerifierError, make_verifier
+from learning_mcp.tools.rewards import VerifierError, make_verifier, zero_score_warning
 from learning_mcp.tools.settings import endpoint_key
 from learning_mcp.tools.tasks import load_tasks, split_tasks
 from learning_mcp.tools.traces import TraceStore
@@ -54,6 +54,8 @@ class EvalStatusResult(BaseModel):
     error: str | None = None
     traces_db: str
     next_step: str
+    warnings: list[str] = Field(default_factory=list, description="e.g. a verifier that scored every problem 0 "
+                                                                  "(usually a reference format it cannot read)")
     completions: list[dict[str, Any]] | None = Field(None, description="with include_samples=k: up to k "
                                                                        "completions per problem, correct and "
                                                                        "incorrect mixed")
@@ -88,6 +90,24 @@ def sample_completions(store: TraceStore, *, run_id: str, iteration: int | None,
     return out
 
 
+def traces_zero_score_warning(store: TraceStore, *, run_id: str, iteration: int, phase: str, tasks: list,
+                              verifier: Any, threshold: float = 1.0, what: str | None = None) -> str | None:
+    """:func:`~learning_mcp.tools.rewards.zero_score_warning` on the traces of one run/iteration/phase: None unless
+    every problem scored below ``threshold``; a few completions are shown with what the verifier read."""
+    rows = store.query(run_id=run_id, iterations=iteration, phases=phase)
+    rewards: dict[str, list[float | None]] = {}
+    completions: dict[str, str] = {}
+    for row in rows:
+        rewards.setdefault(row.problem_id, []).append(row.reward)
+        completions.setdefault(row.problem_id, row.completion)
+    by_id = {task.id: task for task in tasks}
+    examples = [(by_id[pid], text) for pid, text in list(completions.items())[:3] if pid in by_id]
+    all_empty = bool(rows) and all(not (row.completion or "").strip() for row in rows)
+    kwargs = {"what": what} if what else {}
+    return zero_score_warning(rewards, verifier, examples=examples, threshold=threshold, all_empty=all_empty,
+                              **kwargs)
+
+
 @dataclass
 class _EvalRun:
     eval_id: str
@@ -95,6 +115,7 @@ class _EvalRun:
     state: str = "running"
     summary: dict | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -150,6 +171,10 @@ class EvalRuns:
                 summary = await evaluate(tasks, chat_url=url, model=model, verifier=checker, settings=sampling,
                                          store=store, run_id=run.eval_id, iteration=0, phase="eval",
                                          api_key=key, greedy=greedy)
+                warning = traces_zero_score_warning(store, run_id=run.eval_id, iteration=0, phase="eval",
+                                                    tasks=tasks, verifier=checker,
+                                                    what="problem(s) 0 in this eval")
+                run.warnings = [warning] if warning else []
                 run.summary, run.state = summary.to_dict(), "succeeded"
             except (ChatEndpointError, VerifierError) as exc:
                 run.state, run.error = "failed", str(exc)
@@ -198,6 +223,7 @@ async def eval_call(runs: EvalRuns, *, model: str | None, tasks: str | None, spl
                  f"Traces are in {runs.traces_db} under run_id {run.eval_id!r}: filter_traces(run_id=...) turns "
                  "the correct ones into an SFT dataset." if run.state == "succeeded" else "Fix the error and retry.")
     out = EvalStatusResult(eval_id=run.eval_id, state=run.state, model=run.model, error=run.error,
+                           warnings=list(run.warnings),
                            traces_db=str(runs.traces_db), next_step=next_step,
                            **{k: summary.get(k) for k in ("problems", "samples", "correct", "solved_any",
                                                           "pass_at_1", "pass_at_n", "mean_reward", "seconds")})

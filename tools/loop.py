@@ -21,6 +21,7 @@ deleted first). Everything the loop does goes through the same functions as the 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import logging
 import math
@@ -39,15 +40,16 @@ from learning_mcp.tools.client import LearningAPIError, LearningClient
 from learning_mcp.tools.config_source import is_file as config_is_file
 from learning_mcp.tools.config_source import parse_toml, path_exists, read_config_source
 from learning_mcp.tools.errors import ToolFailure, api_failure, validation_problems
+from learning_mcp.tools.eval_runs import traces_zero_score_warning
 from learning_mcp.tools.export_ops import export_model
 from learning_mcp.tools.evaluate import (ChatEndpointError, SamplingSettings, TaskAppError, evaluate,
                                          evaluate_task_app)
 from learning_mcp.tools.filtering import FilterSpec, filter_traces
 from learning_mcp.tools.model_checks import lora_selected, model_config_json
-from learning_mcp.tools.rewards import VerifierError, make_verifier, zero_score_warning
+from learning_mcp.tools.rewards import VerifierError, make_verifier
 from learning_mcp.tools.sampling import EvalSummary, normalize_chat_url, probe_model
 from learning_mcp.tools.settings import endpoint_key
-from learning_mcp.tools.sft_config import ConfigError, build_sft_plan
+from learning_mcp.tools.sft_config import SFT_SECTIONS, ConfigError, build_sft_plan
 from learning_mcp.tools.tasks import TaskFileError, load_tasks, split_tasks
 from learning_mcp.tools.traces import TraceStore
 
@@ -292,6 +294,13 @@ def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
     Raises ``ConfigSourceError`` ``config_not_found`` / ``invalid_toml``."""
     source = read_config_source(text_or_path, what="loop config")
     doc = parse_toml(source, what="loop config")
+    for table in doc:
+        close = difflib.get_close_matches(table, sorted(LOOP_SECTIONS), n=1, cutoff=0.75)
+        if table not in LOOP_SECTIONS and close and table not in SFT_SECTIONS:
+            raise ToolFailure("invalid_loop_config", f"unknown table [{table}] in the loop config (did you mean "
+                                                     f"[{close[0]}]?); the loop reads [loop], [eval] and [filter], "
+                                                     "every other table is the M-step's SFT config. Fix the table "
+                                                     "name and call run_sft_loop again.")
     args: dict[str, Any] = dict(doc.get("loop") or {})
     args.update({k: v for k, v in (doc.get("eval") or {}).items()})
     args.update({k: v for k, v in (doc.get("filter") or {}).items()})
@@ -305,6 +314,26 @@ def parse_loop_toml(text_or_path: str) -> tuple[dict, str]:
         if isinstance(tasks, str) and not Path(tasks).is_absolute():
             args["tasks"] = str((source.base_dir / tasks).resolve())
     return args, source.text
+
+
+def loop_problems(errors: list[dict]) -> str:
+    """pydantic's errors for :class:`LoopConfig` as one line (pure): an unknown setting is named with a close
+    known one (``difflib``), a missing ``base_model``/``tasks`` says how to pass it, the rest as
+    :func:`~learning_mcp.tools.errors.validation_problems` words them."""
+    known = sorted(LoopConfig.model_fields)
+    parts, rest = [], []
+    for error in errors:
+        name = ".".join(str(p) for p in error.get("loc") or ())
+        if error.get("type") == "extra_forbidden":
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+            parts.append(f"unknown setting {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        elif error.get("type") == "missing" and name in ("base_model", "tasks"):
+            parts.append(f"{name} is required (an argument, or in the config's [loop] table)")
+        else:
+            rest.append(error)
+    if rest:
+        parts.append(validation_problems(rest))
+    return "; ".join(parts)
 
 
 def loop_config_from(config: str | None, explicit: dict[str, Any]) -> LoopConfig:
@@ -328,9 +357,9 @@ def loop_config_with_sources(config: str | None, explicit: dict[str, Any]) -> tu
     try:
         cfg = LoopConfig(**args)
     except ValidationError as exc:
-        problems = validation_problems(exc.errors())
-        raise ToolFailure("invalid_loop_config", f"invalid loop settings: {problems}. Pass base_model and "
-                                                 "tasks (or a config TOML with [loop]).") from None
+        raise ToolFailure("invalid_loop_config", f"invalid loop settings: {loop_problems(exc.errors())}. Fix them "
+                                                 "and call run_sft_loop again (resource learning://config/"
+                                                 "loop-example lists every setting).") from None
     return cfg, resolve_config(cfg, file_args, explicit)
 
 
@@ -556,18 +585,11 @@ class LoopRunner:
         return last.fine_tuned_model if last and last.fine_tuned_model else self.cfg.base_model
 
     def _zero_score_warning(self, store: TraceStore, val, verifier) -> str | None:
-        """:func:`~learning_mcp.tools.rewards.zero_score_warning` on the seed model's validation traces."""
+        """:func:`~learning_mcp.tools.eval_runs.traces_zero_score_warning` on the seed model's validation traces."""
         if verifier is None:  # a task app scores its own rollouts
             return None
-        rows = store.query(run_id=self.state.loop_id, iterations=0, phases="val_eval")
-        rewards: dict[str, list[float | None]] = {}
-        completions: dict[str, str] = {}
-        for row in rows:
-            rewards.setdefault(row.problem_id, []).append(row.reward)
-            completions.setdefault(row.problem_id, row.completion)
-        by_id = {task.id: task for task in val}
-        examples = [(by_id[pid], text) for pid, text in list(completions.items())[:3] if pid in by_id]
-        return zero_score_warning(rewards, verifier, examples=examples, threshold=self.cfg.reward_threshold)
+        return traces_zero_score_warning(store, run_id=self.state.loop_id, iteration=0, phase="val_eval", tasks=val,
+                                         verifier=verifier, threshold=self.cfg.reward_threshold)
 
     def _write_chart(self) -> None:
         """``<loop_dir>/chart.png`` (:func:`~learning_mcp.tools.charts.loop_chart_png`); skipped without matplotlib."""
@@ -771,9 +793,11 @@ class LoopRunner:
         return merge_summaries(parts)
 
 
-def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None) -> None:
+def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None) -> list[str]:
     """Everything that can be checked before any sampling is spent: tasks, verifier, SFT config, endpoint keys.
-    Raises ToolFailure with what to fix, so run_sft_loop refuses a loop that could only fail later."""
+    Raises ToolFailure with what to fix, so run_sft_loop refuses a loop that could only fail later. Returns the
+    warnings the loop should carry: SFT-config keys that reach no M-step (typos, with a "did you mean", as
+    create_job reports them)."""
     if cfg.tasks:
         path = Path(cfg.tasks)
         if not config_is_file(path):
@@ -810,6 +834,8 @@ def preflight(cfg: LoopConfig, target, environ: Mapping[str, str] | None = None)
         raise ToolFailure(f"config_{exc.code}", f"the loop's SFT config is invalid: {exc.message}") from None
     if cfg.load_lora_adapters:
         preflight_adapter_loading(cfg, target, lora=lora_selected(plan.payload))
+    return [f"M-step SFT config: {w}" for w in plan.warnings
+            if any(w.startswith(f"{key}:") for key in plan.ignored_keys)]
 
 
 def preflight_adapter_loading(cfg: LoopConfig, target, *, lora: bool) -> None:

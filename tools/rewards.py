@@ -760,6 +760,8 @@ def zero_score_warning(
     *,
     examples: Sequence[tuple[Task, str]] = (),
     threshold: float = 1.0,
+    all_empty: bool = False,
+    what: str = "validation problem(s) 0 on the seed model",
 ) -> str | None:
     """A warning when ``verifier`` scored EVERY problem 0 (no sample reached ``threshold``), else None (pure).
 
@@ -767,7 +769,9 @@ def zero_score_warning(
     model that solves nothing at all is rare; a reference format the verifier cannot read (a GSM8K rationale, LaTeX,
     units, a different answer phrasing) is the usual cause, and it would otherwise cost a whole sampling round.
     ``examples`` – a few ``(task, completion)`` pairs – are shown with what the verifier read on each side
-    (``verifier.extract_answer`` when it has one). Returns None when there are no problems.
+    (``verifier.extract_answer`` when it has one). ``all_empty``: every completion was empty, which points at the
+    sampling (max_tokens, stop strings, the chat template), not the verifier. ``what`` words the scope (the
+    ``eval`` tool passes its own). Returns None when there are no problems.
     """
     if not rewards_by_problem:
         return None
@@ -775,8 +779,12 @@ def zero_score_warning(
         return None
     count = len(rewards_by_problem)
     name = _verifier_name(verifier)
+    if all_empty:
+        return (f"The {name} verifier scored all {count} {what}: every completion was "
+                "EMPTY, so the model answered nothing. Check max_tokens, the stop strings and the chat template "
+                "(chat_template_kwargs, e.g. a thinking block cut off), then sample again with the `eval` tool.")
     lines = [
-        f"The {name} verifier scored all {count} validation problem(s) 0 on the seed model. This usually means a "
+        f"The {name} verifier scored all {count} {what}. This usually means a "
         "reference or answer format the verifier cannot read, not a model that knows nothing."
     ]
     extract = getattr(verifier, "extract_answer", None)

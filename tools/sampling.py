@@ -143,7 +143,7 @@ async def probe_model(url: str, model: str, *, api_key: str | None = None, timeo
             response = await http.post(url, json=body, headers=headers)
     except (httpx.HTTPError, OSError):
         return None
-    if response.status_code not in (400, 404, 422):
+    if response.status_code not in (400, 404, 422, 500):  # 500: a server may report a model it cannot load so
         return None
     try:
         payload = response.json()
@@ -153,7 +153,7 @@ async def probe_model(url: str, model: str, *, api_key: str | None = None, timeo
     error = error if isinstance(error, dict) else {}
     code, param = str(error.get("code") or ""), str(error.get("param") or "")
     detail = error.get("message") or (payload.get("detail") if isinstance(payload, dict) else None) or response.text
-    if not (code.startswith("model_") or param == "model"):
+    if not (code.startswith("model_") or (param == "model" and response.status_code != 500)):
         return None
     detail = str(detail)[:2000].rstrip()
     return f"({code or response.status_code}): {detail}{'' if detail.endswith('.') else '.'}"

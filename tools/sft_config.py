@@ -167,6 +167,8 @@ _SECTION_DROP_REASONS = {
     ),
     "metadata": "[metadata] is not sent; the payload's metadata carries only effective_config",
 }
+# every table an SFT config may hold (read, forwarded or knowingly dropped)
+SFT_SECTIONS = frozenset({*_KNOWN_SECTIONS, *_SECTION_DROP_REASONS})
 
 _KEY_DROP_REASONS = {
     "compute.topology": "only gpu_type, gpu_count and nodes reach the payload",

@@ -52,8 +52,8 @@ async def one_job(api: str, model: str, file_id: str, steps: int) -> tuple[float
             returned = time.time()
             calls += 1
             since = snap.next_since_seq
-            if snap.record.get("status") in TERMINAL_STATUSES:
-                return returned - _epoch(snap.record["finished_at"]), calls
+            if snap.record.status in TERMINAL_STATUSES:
+                return returned - _epoch(snap.record.finished_at), calls
 
 
 def main() -> int:
