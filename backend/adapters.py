@@ -23,6 +23,7 @@ checks only: no torch. Errors are :class:`~learning_mcp.backend.inference.Infere
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,11 @@ class AdapterRegistry:
         if not name or not path:
             raise InferenceError(400, "invalid_request", "Both 'lora_name' and 'lora_path' must be provided.",
                                  "lora_name" if not name else "lora_path")
-        folder = Path(path).expanduser().absolute()
+        if Path(name).expanduser().is_absolute() and Path(name).expanduser().exists():
+            # a name that is a model folder would shadow that model for every later request
+            raise InferenceError(400, "invalid_request", f"lora_name {name!r} is an existing path; name the adapter "
+                                 "something that is not a model (e.g. the ft: id or a short name).", "lora_name")
+        folder = Path(os.path.normpath(Path(path).expanduser().absolute()))
         base = adapter_base(folder)
         try:
             resolve_model(base, self.models_dir)

@@ -122,6 +122,8 @@ async def test_loop_loads_its_lora_model_into_the_external_server(servers, tiny_
     again = httpx.post(load, json={"lora_name": "my-adapter", "lora_path": str(adapter)}, timeout=30)
     assert again.status_code == 400 and "has already been loaded" in again.text
     assert httpx.post(load, json={"lora_name": "x"}).status_code == 400
+    shadow = httpx.post(load, json={"lora_name": str(tiny_model), "lora_path": str(adapter)}, timeout=30)
+    assert shadow.status_code == 400 and "existing path" in shadow.text  # would shadow the base model itself
     no_adapter = httpx.post(load, json={"lora_name": "y", "lora_path": str(tmp_path)})
     assert no_adapter.status_code == 404 and "No adapter found" in no_adapter.text
     listed = {m["id"]: m for m in httpx.get(f"{external.url}/v1/models").json()["data"]}

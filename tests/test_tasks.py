@@ -194,10 +194,10 @@ def test_a_raw_gsm8k_export_gets_the_command_that_converts_it(tmp_path):
     message = info.value.message
     assert "line 1: has no `id`, and no `prompt` (rename `question` to `prompt`)" in message
     command = message.split("Convert it: ", 1)[1].split(" (GSM8K-form", 1)[0]
-    out = tmp_path / "tasks.jsonl"
-    assert command.startswith("jq -c --slurp ") and command.endswith(f"{raw} > tasks.jsonl"), command
+    out = tmp_path / "gsm8k.tasks.jsonl"  # next to the input, never over an existing tasks.jsonl
+    assert command.startswith("jq -c --slurp ") and command.endswith(f"{raw} > {out}"), command
     if shutil.which("jq"):  # run the command as the user would
-        subprocess.run(command.replace(" > tasks.jsonl", f" > {out}"), shell=True, check=True)
+        subprocess.run(command, shell=True, check=True)
     else:  # what the jq program does: index -> id, question -> prompt
         rows = [json.loads(line) for line in raw.read_text().splitlines()]
         out.write_text("".join(json.dumps({"id": i, "prompt": r["question"], "answer": r["answer"]}) + "\n"

@@ -294,7 +294,8 @@ def load_tasks(path: str | os.PathLike[str]) -> list[Task]:
             field = problems[0][2].split("rename `", 1)[1].split("`", 1)[0]
             lines.append(f"This looks like a raw dataset export ({field}/answer). Convert it: jq -c --slurp "
                          f"'to_entries[] | {{id: .key, prompt: .value.{field}, answer: .value.answer}}' "
-                         f"{file_path} > tasks.jsonl (GSM8K-form answers ending in '#### 72' are read by the "
+                         f"{file_path} > {file_path.with_name(file_path.stem + '.tasks.jsonl')} (GSM8K-form "
+                         "answers ending in '#### 72' are read by the "
                          "numeric, answer, boxed and math verifiers).")
         raise TaskFileError(problems[0][1], "\n".join([header, *lines]), problems)
     if not tasks:
