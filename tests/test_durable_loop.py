@@ -57,8 +57,9 @@ async def test_kill_9_of_the_embedded_backend_during_training(tiny_model, tmp_pa
     try:
         async with Client(create_server(Settings.load(data_dir=str(data_dir)))) as client:
             r = await client.call_tool("run_sft_loop", {
-                "base_model": str(tiny_model), "tasks": str(tasks), "iterations": 1, "n": 1, "max_tokens": 4,
-                "verifier": f"{accept}:accept", "early_stopping": False,
+                "config": "[eval]\nmax_tokens = 4\n[filter]\nkeep_truncated = true\n[loop]\nearly_stopping = false\n",
+                "base_model": str(tiny_model), "tasks": str(tasks), "iterations": 1, "n": 1,
+                "verifier": f"{accept}:accept",
                 "hyperparameters": {**LOOP_HP, "total_steps": 150}, "wait_seconds": 0})
             assert not r.is_error, r.content[0].text
             loop_id = r.structured_content["loop_id"]
