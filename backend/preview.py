@@ -34,6 +34,24 @@ MAX_PREVIEW_EXAMPLES = 50
 MAX_LISTED_LINES = 50
 
 
+class _EmptyTargets:
+    """Trained assistant turns with nothing to learn, counted as the validator counts them, so the preview repeats
+    the validator's warning where the rendering is shown."""
+
+    def __init__(self) -> None:
+        self.count, self.lines = 0, []
+
+    def add(self, record: Mapping[str, Any], line: int) -> None:
+        found = count_empty_targets(record.get("messages"))
+        if found:
+            self.count += found
+            if len(self.lines) < MAX_LISTED_LINES:
+                self.lines.append(line)
+
+    def warnings(self) -> list[str]:
+        return [empty_target_warning(self.count, self.lines)] if self.count else []
+
+
 def _percentile(sorted_values: list[int], fraction: float) -> int:
     if not sorted_values:
         return 0
@@ -99,7 +117,7 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
     lengths: list[int] = []
     truncated_lines: list[int] = []
     scanned = 0
-    empty_targets, empty_target_lines = 0, []  # trained assistant turns with nothing to learn, as the validator counts
+    empty = _EmptyTargets()
     for record in records:
         if time_budget_s is not None and scanned >= max(examples, 1) and time.monotonic() - started > time_budget_s:
             break
@@ -110,11 +128,7 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
             raise LearningMCPError(exc.code, exc.message, param=exc.param) from exc
         scanned += 1
         line = record.get("line", -1)
-        empty = count_empty_targets(record.get("messages"))
-        if empty:
-            empty_targets += empty
-            if len(empty_target_lines) < MAX_LISTED_LINES:
-                empty_target_lines.append(line)
+        empty.add(record, line)
         sequences = example.sequences()
         lengths += [s.length for s in sequences]
         data.methods[example.method] = data.methods.get(example.method, 0) + 1
@@ -147,8 +161,7 @@ def preview_dataset(path: str | Path, model: str, examples: int = 3, sequence_le
                                    p99=_percentile(lengths, 0.99), max=lengths[-1] if lengths else 0),
         span_methods=data.methods, fallback_lines=data.fallback_lines[:MAX_LISTED_LINES])
     warnings = t.data_loss_notes(data, assistant_only)
-    if empty_targets:  # the validator's warning, repeated where the rendering is shown
-        warnings.append(empty_target_warning(empty_targets, empty_target_lines))
+    warnings += empty.warnings()
     if totals.truncated:
         warnings.append(f"{totals.truncated} record(s) are longer than sequence_length {max_length} and would be "
                         "truncated (the start is kept)")
@@ -180,8 +193,8 @@ def _preview_vision(vl: VisionJob, tokenizer, records: list[dict[str, Any]], *, 
     lengths: list[int] = []
     truncated_lines: list[int] = []
     dropped_lines: list[int] = []
-    tokens = trained = scanned = empty_targets = 0
-    empty_target_lines: list[int] = []
+    tokens = trained = scanned = 0
+    empty = _EmptyTargets()
     for record in records:
         if time_budget_s is not None and scanned >= max(examples, 1) and time.monotonic() - started > time_budget_s:
             break
@@ -191,11 +204,7 @@ def _preview_vision(vl: VisionJob, tokenizer, records: list[dict[str, Any]], *, 
             raise LearningMCPError(exc.code, exc.message, param=exc.param) from exc
         scanned += 1
         line = record.get("line", -1)
-        empty = count_empty_targets(record.get("messages"))
-        if empty:
-            empty_targets += empty
-            if len(empty_target_lines) < MAX_LISTED_LINES:
-                empty_target_lines.append(line)
+        empty.add(record, line)
         kept_ids, kept_mask = ids[:max_length], mask[:max_length]
         lengths.append(len(ids))
         if len(ids) > max_length:
@@ -220,8 +229,7 @@ def _preview_vision(vl: VisionJob, tokenizer, records: list[dict[str, Any]], *, 
         trained_tokens=trained, trained_token_share=round(trained / tokens, 4) if tokens else 0.0,
         token_lengths=_lengths(lengths), span_methods={"vision-processor": scanned}, fallback_lines=[])
     warnings = list(vl.notes)
-    if empty_targets:
-        warnings.append(empty_target_warning(empty_targets, empty_target_lines))
+    warnings += empty.warnings()
     if totals.truncated:
         warnings.append(f"{totals.truncated} record(s) are longer than sequence_length {max_length} (image tokens "
                         "included) and would be truncated or refused")
